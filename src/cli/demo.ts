@@ -1,0 +1,48 @@
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Command } from 'commander';
+import { mapExport, type MappedExport } from '../bundle/map-export.ts';
+import { compileMapping } from '../mapping/compile.ts';
+import { loadMapping } from '../mapping/load.ts';
+import { bundleGroups, trialFigures } from '../report/figures.ts';
+import { formatSummary, writeMappedExport } from './output.ts';
+
+/** The sample sites of the reference trial and their mappings. */
+export const SAMPLE_SITES = [
+  { site: 'site-a', mapping: 'mappings/site-a.yaml', input: 'examples/site-a' },
+  { site: 'site-b', mapping: 'mappings/site-b.yaml', input: 'examples/site-b' },
+  { site: 'site-c', mapping: 'mappings/site-c.yaml', input: 'examples/site-c' },
+] as const;
+
+/** Fixed so the demo's output is the same on every machine. */
+const DEMO_RECORDED = '2019-01-01T00:00:00Z';
+
+export function registerDemo(program: Command): void {
+  program
+    .command('demo')
+    .description('map the three sample sites of the reference trial and print the pooled trial figures')
+    .option('-o, --out <dir>', 'output directory', 'out/demo')
+    .action(async (options: { out: string }) => {
+      const mapped: MappedExport[] = [];
+      for (const sample of SAMPLE_SITES) {
+        const mapping = await compileMapping(await loadMapping(sample.mapping));
+        const result = await mapExport(mapping, [sample.input], { recorded: DEMO_RECORDED });
+        await writeMappedExport(options.out, result, false);
+        console.log(formatSummary(result));
+        mapped.push(result);
+      }
+      const figures = trialFigures(bundleGroups(mapped.flatMap((m) => m.bundles.map((b) => b.bundle))));
+      await mkdir(options.out, { recursive: true });
+      await writeFile(join(options.out, 'pooled-figures.json'), JSON.stringify(figures, null, 2) + '\n');
+      const pct = (n: number) => `${n}/${figures.subjects} (${((100 * n) / figures.subjects).toFixed(1)}%)`;
+      console.log('\nPooled figures from the FHIR output of all sites:');
+      console.log(`  subjects ${figures.subjects}`);
+      console.log(`  response 4 weeks after LD-CCRT ${pct(figures.responsePost4w)}; best response ${pct(figures.bestResponse)}`);
+      console.log(`  resection or transplant ${pct(figures.surgery.subjects)}`);
+      console.log(`  diarrhoea ${pct(figures.aeSubjectsByMeddraPt['10012735'] ?? 0)}; hand-foot skin reaction ${pct(figures.aeSubjectsByMeddraPt['10054524'] ?? 0)}`);
+      console.log(`  median radiotherapy dose ${figures.medianRtDoseGy} Gy`);
+      console.log(`  median OS ${figures.km.os.medianMonths} months, PFS ${figures.km.pfs.medianMonths} months`);
+      console.log(`  portal trunk/first branch invasion (n=${figures.km.subgroupVp34.n}): OS ${figures.km.subgroupVp34.os.medianMonths}, PFS ${figures.km.subgroupVp34.pfs.medianMonths} months`);
+      console.log(`\nBundles, summaries and rejects in ${options.out}/`);
+    });
+}

@@ -1,0 +1,32 @@
+import { Command, CommanderError } from 'commander';
+import { MappingError } from '../mapping/errors.ts';
+import { SourceFileError } from '../source/raw.ts';
+import { registerCheckMapping } from './check-mapping.ts';
+import { registerDemo } from './demo.ts';
+import { registerMap } from './map.ts';
+import { registerTestMappings } from './test-mappings.ts';
+
+const program = new Command('trialbridge')
+  .description('Maps clinical-trial site exports to FHIR R4 and delivers them to FHIR servers')
+  .version('0.1.0')
+  .exitOverride();
+
+registerMap(program);
+registerCheckMapping(program);
+registerTestMappings(program);
+registerDemo(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // commander already printed the message; help and version are not errors.
+    process.exitCode = err.exitCode === 0 ? 0 : 1;
+  } else if (err instanceof MappingError || err instanceof SourceFileError) {
+    console.error(err.message);
+    process.exitCode = 1;
+  } else {
+    console.error(err);
+    process.exitCode = 1;
+  }
+}

@@ -1,0 +1,171 @@
+import { parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
+import type { SourceRecord } from '../source/record.ts';
+
+/**
+ * Everything an expression can see while one resource is built: the record's fields as the FHIRPath input,
+ * and variables (%site, %subjectKey, %recordKey, %recordType, %file, %row, %subject, %group, constants, lets).
+ */
+export class EvalContext {
+  readonly record: SourceRecord;
+  readonly subjectRecords: readonly SourceRecord[];
+  readonly group: readonly SourceRecord[] | undefined;
+  /** Values a rule's `let` computed, by name (any JSON; FHIRPath sees the primitives). */
+  readonly lets = new Map<string, unknown>();
+  /** Set by the engine: finds the resource a `$ref` points to. */
+  resolver: ((rule: string, key: string | undefined) => string | undefined) | undefined;
+  private readonly constants: ReadonlyMap<string, TypedValue>;
+  private atomContext: AtomContext | undefined;
+  private inputValue: TypedValue[] | undefined;
+
+  constructor(
+    record: SourceRecord,
+    subjectRecords: readonly SourceRecord[],
+    constants: ReadonlyMap<string, TypedValue>,
+    group?: readonly SourceRecord[],
+  ) {
+    this.record = record;
+    this.subjectRecords = subjectRecords;
+    this.constants = constants;
+    this.group = group;
+  }
+
+  /** A context for another record of the same subject (aggregates over a group evaluate per member). */
+  forRecord(record: SourceRecord): EvalContext {
+    const ctx = new EvalContext(record, this.subjectRecords, this.constants, this.group);
+    for (const [k, v] of this.lets) ctx.lets.set(k, v);
+    ctx.resolver = this.resolver;
+    return ctx;
+  }
+
+  get input(): TypedValue[] {
+    this.inputValue ??= [{ type: 'BackboneElement', value: this.record.fields }];
+    return this.inputValue;
+  }
+
+  get fhirPathContext(): AtomContext {
+    if (!this.atomContext) {
+      const variables: Record<string, TypedValue> = {};
+      for (const [name, value] of this.constants) variables[`%${name}`] = value;
+      const r = this.record;
+      variables['%site'] = { type: 'string', value: r.site };
+      variables['%subjectKey'] = { type: 'string', value: r.subject };
+      variables['%recordKey'] = { type: 'string', value: r.key };
+      variables['%recordType'] = { type: 'string', value: r.type };
+      variables['%file'] = { type: 'string', value: r.file };
+      variables['%row'] = { type: 'integer', value: r.row };
+      variables['%subject'] = { type: 'BackboneElement', value: byType(this.subjectRecords) };
+      if (this.group) variables['%group'] = { type: 'BackboneElement', value: { all: this.group.map((g) => g.fields) } };
+      for (const [name, value] of this.lets) {
+        const typed = toTyped(value);
+        if (typed) variables[`%${name}`] = typed;
+      }
+      this.atomContext = { variables };
+    }
+    return this.atomContext;
+  }
+
+  /** Lets are computed in order; a later one sees the earlier ones. */
+  setLet(name: string, value: unknown): void {
+    this.lets.set(name, value);
+    this.atomContext = undefined;
+  }
+}
+
+const subjectViews = new WeakMap<readonly SourceRecord[], Record<string, unknown>>();
+
+function byType(records: readonly SourceRecord[]): Record<string, unknown> {
+  let view = subjectViews.get(records);
+  if (!view) {
+    const grouped: Record<string, Record<string, string>[]> = { all: [] };
+    for (const r of records) {
+      grouped.all.push(r.fields);
+      (grouped[r.type] ??= []).push(r.fields);
+    }
+    view = grouped;
+    subjectViews.set(records, view);
+  }
+  return view;
+}
+
+export function toTyped(value: unknown): TypedValue | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === 'string') return { type: 'string', value };
+  if (typeof value === 'boolean') return { type: 'boolean', value };
+  if (typeof value === 'number') return { type: Number.isInteger(value) ? 'integer' : 'decimal', value };
+  return { type: 'BackboneElement', value };
+}
+
+/** A compiled expression: its results as plain values (empty array = no value). */
+export interface CompiledExpression {
+  readonly source: string;
+  /** Source field the expression reads first, to name in errors. */
+  readonly field: string;
+  evaluate(ctx: EvalContext): unknown[];
+}
+
+const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const SIMPLE_VARIABLE = /^%[A-Za-z_][A-Za-z0-9_]*$/;
+const BUILT_INS: Record<string, (r: SourceRecord) => unknown> = {
+  site: (r) => r.site,
+  subjectKey: (r) => r.subject,
+  recordKey: (r) => r.key,
+  recordType: (r) => r.type,
+  file: (r) => r.file,
+  row: (r) => r.row,
+};
+
+/** First identifier the expression navigates from its input, for error messages. */
+function firstField(expression: string): string {
+  const stripped = expression.replace(/'(?:[^'\\]|\\.)*'/g, "''");
+  const match = /(?<![.%A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()/.exec(stripped);
+  return match ? match[1] : expression;
+}
+
+/**
+ * Compiles a FHIRPath expression once. Plain field names and variables become direct reads, the common case
+ * in mappings; anything else runs on @medplum/core's FHIRPath engine (sandboxed: no JavaScript evaluation).
+ * Throws on a syntax error, which the compiler turns into a mapping error.
+ */
+export function compileExpression(source: string, constants: ReadonlyMap<string, unknown>): CompiledExpression {
+  const text = source.trim();
+  if (SIMPLE_FIELD.test(text) && !['true', 'false'].includes(text)) {
+    return {
+      source: text,
+      field: text,
+      evaluate: (ctx) => {
+        const value = ctx.record.fields[text];
+        return value === undefined ? [] : [value];
+      },
+    };
+  }
+  if (SIMPLE_VARIABLE.test(text)) {
+    const name = text.slice(1);
+    const builtIn = BUILT_INS[name];
+    if (builtIn) return { source: text, field: text, evaluate: (ctx) => [builtIn(ctx.record)] };
+    if (constants.has(name)) {
+      const value = [constants.get(name)];
+      return { source: text, field: text, evaluate: () => value };
+    }
+    return {
+      source: text,
+      field: text,
+      evaluate: (ctx) => {
+        const value = ctx.lets.get(name);
+        return value === undefined || value === null ? [] : [value];
+      },
+    };
+  }
+  const atom: FhirPathAtom = parseFhirPath(text);
+  return {
+    source: text,
+    field: firstField(text),
+    evaluate: (ctx) => atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value),
+  };
+}
+
+/** FHIRPath truthiness of a result: a single `true`, or (per the spec's singleton rule) any non-empty non-boolean. */
+export function isTrue(values: unknown[]): boolean {
+  if (values.length === 0) return false;
+  if (values.length === 1 && typeof values[0] === 'boolean') return values[0];
+  return true;
+}

@@ -1,0 +1,174 @@
+import { readFile } from 'node:fs/promises';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { Ajv, type ErrorObject } from 'ajv';
+import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
+import { MappingError, type MappingIssue } from './errors.ts';
+import { mappingSchema } from './schema.ts';
+import type { MappingSpec } from './types.ts';
+
+/** A YAML file of the `extends` chain, kept to place errors on lines. */
+interface MappingLayer {
+  readonly path: string;
+  readonly doc: Document;
+  readonly lines: LineCounter;
+  readonly data: Record<string, unknown>;
+}
+
+export interface LoadedMapping {
+  readonly spec: MappingSpec;
+  /** Absolute path of the site mapping file. */
+  readonly path: string;
+  /** Files of the chain, site file first; used to resolve relative paths and place errors. */
+  readonly layers: readonly { path: string; data: Record<string, unknown> }[];
+  /** Finds the file and line that define a key path (site file first, then its bases). */
+  locate(path: readonly (string | number)[]): { file: string; line?: number };
+}
+
+const ajv = new Ajv({ allErrors: true, strict: false });
+const validateSpec = ajv.compile(mappingSchema);
+
+function displayPath(path: string): string {
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
+}
+
+async function readLayer(path: string): Promise<MappingLayer> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    throw new MappingError([{ file: displayPath(path), key: '', message: `cannot read mapping file (${(err as NodeJS.ErrnoException).code})` }]);
+  }
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true });
+  if (doc.errors.length > 0) {
+    throw new MappingError(
+      doc.errors.map((e) => ({
+        file: displayPath(path),
+        line: e.linePos?.[0]?.line,
+        key: '',
+        message: `YAML syntax: ${e.message.split('\n')[0]}`,
+      })),
+    );
+  }
+  const data = doc.toJS() as unknown;
+  if (data === null || typeof data !== 'object' || Array.isArray(data)) {
+    throw new MappingError([{ file: displayPath(path), key: '', message: 'a mapping file must be a YAML mapping (key: value)' }]);
+  }
+  return { path, doc, lines, data: data as Record<string, unknown> };
+}
+
+/** Deep merge of a site layer over its base: objects merge key by key, `null` removes, anything else replaces. */
+export function mergeLayers(base: unknown, over: unknown): unknown {
+  if (over === undefined) return base;
+  if (isPlainObject(base) && isPlainObject(over)) {
+    const out: Record<string, unknown> = { ...base };
+    for (const [key, value] of Object.entries(over)) {
+      if (value === null) delete out[key];
+      else out[key] = mergeLayers(base[key], value);
+    }
+    return out;
+  }
+  return over;
+}
+
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function lineOf(layer: MappingLayer, path: readonly (string | number)[]): number | undefined {
+  // Walk down to the deepest node the layer has on this path, so an error on a missing key points at its parent.
+  for (let depth = path.length; depth >= 0; depth--) {
+    const node = depth === 0 ? layer.doc.contents : layer.doc.getIn(path.slice(0, depth), true);
+    if (node && (isMap(node) || isScalar(node) || typeof node === 'object') && 'range' in (node as object)) {
+      const range = (node as { range?: [number, number, number] }).range;
+      if (range) return layer.lines.linePos(range[0]).line;
+    }
+    if (depth > 0) {
+      const parent = depth === 1 ? layer.doc.contents : layer.doc.getIn(path.slice(0, depth - 1), true);
+      if (isMap(parent)) {
+        const pair = parent.items.find((p) => isScalar(p.key) && String(p.key.value) === String(path[depth - 1]));
+        const range = pair && isScalar(pair.key) ? pair.key.range : undefined;
+        if (range) return layer.lines.linePos(range[0]).line;
+      }
+    }
+  }
+  return undefined;
+}
+
+function hasPath(data: unknown, path: readonly (string | number)[]): boolean {
+  let node: unknown = data;
+  for (const key of path) {
+    if (!isPlainObject(node) && !Array.isArray(node)) return false;
+    node = (node as Record<string, unknown>)[key as string];
+    if (node === undefined) return false;
+  }
+  return true;
+}
+
+function schemaIssue(error: ErrorObject, loaded: Pick<LoadedMapping, 'locate'>): MappingIssue {
+  const path = error.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  let message = error.message ?? 'is not valid';
+  if (error.keyword === 'additionalProperties') {
+    const extra = (error.params as { additionalProperty: string }).additionalProperty;
+    path.push(extra);
+    message = `unknown key '${extra}'`;
+  } else if (error.keyword === 'required') {
+    message = `missing required key '${(error.params as { missingProperty: string }).missingProperty}'`;
+  } else if (error.keyword === 'enum') {
+    message = `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
+  }
+  const { file, line } = loaded.locate(path);
+  return { file, line, key: path.join('.'), message };
+}
+
+/** Loads a site mapping with its `extends` chain, validated against the mapping schema. */
+export async function loadMapping(file: string): Promise<LoadedMapping> {
+  const layers: MappingLayer[] = [];
+  const seen = new Set<string>();
+  let next: string | undefined = resolve(file);
+  while (next) {
+    if (seen.has(next)) {
+      throw new MappingError([{ file: displayPath(next), key: 'extends', message: 'circular extends chain' }]);
+    }
+    seen.add(next);
+    const layer = await readLayer(next);
+    layers.push(layer);
+    const parent = layer.data.extends;
+    if (parent !== undefined && typeof parent !== 'string') {
+      throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: 'must be a file path' }]);
+    }
+    next = parent ? resolve(dirname(next), parent) : undefined;
+  }
+  let merged: unknown = {};
+  for (const layer of [...layers].reverse()) merged = mergeLayers(merged, layer.data);
+  const spec = merged as Record<string, unknown>;
+  delete spec.extends;
+  // Rules a site disables disappear before validation, so the base need not be complete for them.
+  if (isPlainObject(spec.resources)) {
+    for (const [id, rule] of Object.entries(spec.resources)) {
+      if (isPlainObject(rule) && rule.disabled === true) delete spec.resources[id];
+    }
+  }
+
+  const locate = (path: readonly (string | number)[]) => {
+    const layer = layers.find((l) => hasPath(l.data, path)) ?? layers[0];
+    return { file: displayPath(layer.path), line: lineOf(layer, path) };
+  };
+  const loaded: LoadedMapping = {
+    spec: spec as unknown as MappingSpec,
+    path: layers[0].path,
+    layers: layers.map((l) => ({ path: l.path, data: l.data })),
+    locate,
+  };
+  if (!validateSpec(spec)) {
+    throw new MappingError((validateSpec.errors ?? []).map((e) => schemaIssue(e, loaded)));
+  }
+  return loaded;
+}
+
+/** Resolves a path named in a mapping relative to the layer that names it. */
+export function resolveFromLayer(loaded: LoadedMapping, keyPath: readonly string[], value: string): string {
+  const layer = loaded.layers.find((l) => hasPath(l.data, keyPath)) ?? loaded.layers[0];
+  return resolve(dirname(layer.path), value);
+}
