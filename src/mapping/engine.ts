@@ -124,11 +124,14 @@ class SubjectMapper {
     else this.reject(record, '(expression)', (err as Error).message);
   }
 
-  private resolve(from: Instance, rule: string, key: string | undefined): string | undefined {
-    const candidates = this.byRule.get(rule)?.filter((i) => !i.failed && (key === undefined || i.key === key));
-    const target = candidates?.[0];
-    if (target) from.refs.add(target.fullUrl);
-    return target?.fullUrl;
+  private resolve(from: Instance, rule: string, key: string | undefined): { fullUrl: string } | { rejected: string } | undefined {
+    const candidates = this.byRule.get(rule)?.filter((i) => key === undefined || i.key === key) ?? [];
+    const target = candidates.find((i) => !i.failed);
+    if (target) {
+      from.refs.add(target.fullUrl);
+      return { fullUrl: target.fullUrl };
+    }
+    return candidates.length > 0 ? { rejected: `${rule} '${candidates[0].key}'` } : undefined;
   }
 
   /** Phase 2: run templates; a failing record takes down every resource it feeds and every reference to those. */

@@ -12,7 +12,7 @@ export class EvalContext {
   /** Values a rule's `let` computed, by name (any JSON; FHIRPath sees the primitives). */
   readonly lets = new Map<string, unknown>();
   /** Set by the engine: finds the resource a `$ref` points to. */
-  resolver: ((rule: string, key: string | undefined) => string | undefined) | undefined;
+  resolver: ((rule: string, key: string | undefined) => { fullUrl: string } | { rejected: string } | undefined) | undefined;
   private readonly constants: ReadonlyMap<string, TypedValue>;
   private atomContext: AtomContext | undefined;
   private inputValue: TypedValue[] | undefined;

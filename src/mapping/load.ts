@@ -40,7 +40,7 @@ async function readLayer(path: string): Promise<MappingLayer> {
     throw new MappingError([{ file: displayPath(path), key: '', message: `cannot read mapping file (${(err as NodeJS.ErrnoException).code})` }]);
   }
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, merge: true });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, merge: true });
   if (doc.errors.length > 0) {
     throw new MappingError(
       doc.errors.map((e) => ({

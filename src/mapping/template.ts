@@ -8,8 +8,11 @@ import { conversionFactor, convert, ucumCode, UCUM, UnitError } from './units.ts
 /** Builds one piece of a resource from the evaluation context; undefined means "leave the element out". */
 export type Producer = (ctx: EvalContext) => unknown;
 
-/** Resolves `$ref` targets: the fullUrl of the resource a rule made for this subject (and key). */
-export type ReferenceResolver = (rule: string, key: string | undefined) => string | undefined;
+/**
+ * Resolves `$ref` targets: the fullUrl of the resource a rule made for this subject (and key), or which
+ * resource it would have been when that one was rejected.
+ */
+export type ReferenceResolver = (rule: string, key: string | undefined) => { fullUrl: string } | { rejected: string } | undefined;
 
 export interface CompileEnv {
   readonly constants: ReadonlyMap<string, unknown>;
@@ -290,7 +293,12 @@ function compileRef(env: CompileEnv, path: readonly string[], node: Record<strin
     const ruleId = rule(ctx);
     if (ruleId === undefined) return undefined;
     const keyValue = key ? display(key.evaluate(ctx)[0]) : undefined;
-    const fullUrl = ctx.resolver?.(String(ruleId), keyValue);
+    const target = ctx.resolver?.(String(ruleId), keyValue);
+    if (target && 'rejected' in target) {
+      if (optional) return undefined;
+      throw new FieldError('(reference)', undefined, `depends on ${target.rejected} that was rejected`);
+    }
+    const fullUrl = target?.fullUrl;
     if (!fullUrl) {
       if (optional) return undefined;
       throw new FieldError(key?.field ?? String(ruleId), keyValue, `no ${String(ruleId)} resource${keyValue ? ` with key '${keyValue}'` : ''} for this subject to refer to`);
