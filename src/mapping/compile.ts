@@ -18,6 +18,21 @@ export interface CompiledRule {
   readonly lets: readonly (readonly [string, Producer])[];
   readonly template: Producer;
   readonly profiles: readonly string[];
+  /** `%names` the rule's expressions use that are neither constants nor built-ins: lets, possibly undefined. */
+  readonly variables: readonly string[];
+}
+
+const BUILT_IN_VARIABLES = new Set(['site', 'subjectKey', 'recordKey', 'recordType', 'file', 'row', 'subject', 'group', 'trialId', 'ucum', 'sct', 'loinc']);
+
+/** `%name` tokens in every string of a rule (outside quoted literals). */
+function variablesOf(node: unknown, constants: ReadonlyMap<string, unknown>, out = new Set<string>()): Set<string> {
+  if (typeof node === 'string') {
+    for (const m of node.replace(/'(?:[^'\\]|\\.)*'/g, "''").matchAll(/%([A-Za-z_][A-Za-z0-9_]*)/g)) {
+      if (!BUILT_IN_VARIABLES.has(m[1]) && !constants.has(m[1])) out.add(m[1]);
+    }
+  } else if (Array.isArray(node)) node.forEach((n) => variablesOf(n, constants, out));
+  else if (node && typeof node === 'object') Object.values(node).forEach((n) => variablesOf(n, constants, out));
+  return out;
 }
 
 export interface CompiledSourceFile extends SourceFileSpec {
@@ -110,6 +125,7 @@ export async function compileMapping(loaded: LoadedMapping): Promise<CompiledMap
       lets,
       template: compileNode(env, [...path, 'template'], template),
       profiles: rule.profiles ?? [],
+      variables: [...variablesOf([rule.template, rule.let ?? {}, rule.when ?? '', rule.key ?? ''], constantValues)],
     });
   }
 

@@ -139,6 +139,7 @@ class SubjectMapper {
     instance.refs.clear();
     const group = instance.rule.groupBy ? instance.records : undefined;
     const ctx = this.context(instance.records[0], group);
+    ctx.declared = instance.rule.variables;
     ctx.resolver = (rule, key) => this.resolve(instance, rule, key);
     try {
       for (const [name, produce] of instance.rule.lets) ctx.setLet(name, produce(ctx));

@@ -34,6 +34,7 @@ export class EvalContext {
     const ctx = new EvalContext(record, this.subjectRecords, this.constants, this.group);
     for (const [k, v] of this.lets) ctx.lets.set(k, v);
     ctx.resolver = this.resolver;
+    ctx.declared = this.declared;
     return ctx;
   }
 
@@ -55,14 +56,18 @@ export class EvalContext {
       variables['%row'] = { type: 'integer', value: r.row };
       variables['%subject'] = { type: 'BackboneElement', value: byType(this.subjectRecords) };
       if (this.group) variables['%group'] = { type: 'BackboneElement', value: { all: this.group.map((g) => g.fields) } };
+      // A let without a value (or one the site does not define) reads as empty, so `%end.exists()` is false.
+      for (const name of this.declared) variables[`%${name}`] = { type: 'string', value: undefined };
       for (const [name, value] of this.lets) {
-        const typed = toTyped(value);
-        if (typed) variables[`%${name}`] = typed;
+        variables[`%${name}`] = toTyped(value) ?? { type: 'string', value: undefined };
       }
       this.atomContext = { variables };
     }
     return this.atomContext;
   }
+
+  /** Variables the rule's expressions mention; they exist (empty) even when no let defines them. */
+  declared: readonly string[] = [];
 
   /** Lets are computed in order; a later one sees the earlier ones. */
   setLet(name: string, value: unknown): void {
