@@ -1,11 +1,12 @@
 import { parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
 import type { SourceRecord } from '../source/record.ts';
+import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
 
 /**
  * Everything an expression can see while one resource is built: the record's fields as the FHIRPath input,
  * and variables (%site, %subjectKey, %recordKey, %recordType, %file, %row, %subject, %group, constants, lets).
  */
-export class EvalContext {
+export class EvalContext implements FastScope {
   readonly record: SourceRecord;
   readonly subjectRecords: readonly SourceRecord[];
   readonly group: readonly SourceRecord[] | undefined;
@@ -36,6 +37,37 @@ export class EvalContext {
     ctx.resolver = this.resolver;
     ctx.declared = this.declared;
     return ctx;
+  }
+
+  get fields(): Readonly<Record<string, string>> {
+    return this.record.fields;
+  }
+
+  /** A variable for the fast path: the same names and values the general engine gets. */
+  variable(name: string): unknown {
+    if (this.lets.has(name)) return this.lets.get(name);
+    const constant = this.constants.get(name);
+    if (constant) return constant.value;
+    switch (name) {
+      case 'site':
+        return this.record.site;
+      case 'subjectKey':
+        return this.record.subject;
+      case 'recordKey':
+        return this.record.key;
+      case 'recordType':
+        return this.record.type;
+      case 'file':
+        return this.record.file;
+      case 'row':
+        return this.record.row;
+      case 'subject':
+        return byType(this.subjectRecords);
+      case 'group':
+        return this.group ? { all: this.group.map((g) => g.fields) } : undefined;
+    }
+    if (this.declared.includes(name)) return undefined;
+    throw new Error(`Undefined variable %${name}`);
   }
 
   get input(): TypedValue[] {
@@ -161,10 +193,21 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
     };
   }
   const atom: FhirPathAtom = parseFhirPath(text);
+  const general = (ctx: EvalContext) => atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value);
+  const fast = compileFast(atom);
   return {
     source: text,
     field: firstField(text),
-    evaluate: (ctx) => atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value),
+    evaluate: fast
+      ? (ctx) => {
+          try {
+            return fast(ctx);
+          } catch (err) {
+            if (err instanceof Unsupported) return general(ctx);
+            throw err;
+          }
+        }
+      : general,
   };
 }
 
