@@ -34,6 +34,39 @@ function calendarProblem(year: number, month?: number, day?: number): string | u
 
 export class DateFormatError extends Error {}
 
+interface SimpleFormat {
+  readonly pattern: RegExp;
+  readonly parts: ('y' | 'M' | 'd')[];
+}
+
+const simpleFormats = new Map<string, SimpleFormat | null>();
+
+/**
+ * Day-first and similar all-numeric date formats (`dd/MM/yyyy`, `M/d/yyyy`, `MM/yyyy`) as one regular
+ * expression, built once per format: Luxon's format parser rebuilds its token machine on every call, which
+ * dominated mapping time on such sites. Other formats go to Luxon.
+ */
+function simpleFormat(format: string): SimpleFormat | null {
+  let cached = simpleFormats.get(format);
+  if (cached !== undefined) return cached;
+  const parts: ('y' | 'M' | 'd')[] = [];
+  let source = '';
+  let ok = true;
+  for (const token of format.match(/yyyy|MM|dd|M|d|[^A-Za-z]+|[A-Za-z]+/g) ?? []) {
+    if (token === 'yyyy' || token === 'MM' || token === 'dd' || token === 'M' || token === 'd') {
+      parts.push(token[0] as 'y' | 'M' | 'd');
+      source += token === 'yyyy' ? '(\\d{4})' : token.length === 2 ? '(\\d{2})' : '(\\d{1,2})';
+    } else if (/^[^A-Za-z]+$/.test(token)) {
+      source += token.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+    } else {
+      ok = false;
+    }
+  }
+  cached = ok && parts.includes('y') ? { pattern: new RegExp(`^${source}$`), parts } : null;
+  simpleFormats.set(format, cached);
+  return cached;
+}
+
 function precisionOf(format: string): DatePrecision {
   const tokens = format.replace(/'[^']*'/g, '');
   if (/[Hhms]/.test(tokens)) return 'time';
@@ -75,6 +108,19 @@ export function parseSourceDate(text: string, options: DateParseOptions = {}): P
     return { value: dt.toISO({ suppressMilliseconds: !frac }) ?? local, precision: 'time' };
   }
   for (const format of options.formats ?? []) {
+    const simple = simpleFormat(format);
+    if (simple) {
+      const match = simple.pattern.exec(value);
+      if (!match) continue;
+      const at: Partial<Record<'y' | 'M' | 'd', number>> = {};
+      simple.parts.forEach((part, i) => (at[part] = Number(match[i + 1])));
+      const problem = calendarProblem(at.y!, at.M, at.d);
+      if (problem) throw new DateFormatError(`impossible date '${value}' (${format})`);
+      const pad = (n: number) => String(n).padStart(2, '0');
+      if (at.d !== undefined && at.M !== undefined) return { value: `${at.y}-${pad(at.M)}-${pad(at.d)}`, precision: 'day' };
+      if (at.M !== undefined) return { value: `${at.y}-${pad(at.M)}`, precision: 'month' };
+      return { value: String(at.y), precision: 'year' };
+    }
     const precision = precisionOf(format);
     const dt = DateTime.fromFormat(value, format, { zone: options.timezone ?? 'UTC', setZone: true });
     if (!dt.isValid) {
