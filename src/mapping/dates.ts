@@ -96,15 +96,15 @@ export function parseSourceDate(text: string, options: DateParseOptions = {}): P
     const [, y, mo, d, h, mi, s, frac, offset] = isoTime;
     const problem = calendarProblem(Number(y), Number(mo), Number(d));
     if (problem) throw new DateFormatError(problem);
-    if (Number(h) > 23 || Number(mi) > 59 || (s !== undefined && Number(s) > 59)) throw new DateFormatError(`impossible time in '${value}'`);
+    if (Number(h) > 23 || Number(mi) > 59 || (s !== undefined && Number(s) > 59)) throw new DateFormatError('impossible time of day');
     const local = `${y}-${mo}-${d}T${h}:${mi}:${s ?? '00'}${frac ?? ''}`;
     if (offset) {
       const normalized = offset === 'Z' ? 'Z' : offset.length === 5 ? `${offset.slice(0, 3)}:${offset.slice(3)}` : offset;
       return { value: `${local}${normalized}`, precision: 'time' };
     }
-    if (!options.timezone) throw new DateFormatError(`date-time '${value}' has no timezone and the mapping declares none`);
+    if (!options.timezone) throw new DateFormatError('date-time without timezone, and the mapping declares none');
     const dt = DateTime.fromISO(local, { zone: options.timezone });
-    if (!dt.isValid) throw new DateFormatError(`cannot place '${value}' in timezone ${options.timezone}: ${dt.invalidExplanation}`);
+    if (!dt.isValid) throw new DateFormatError(`cannot place the date-time in timezone ${options.timezone}: ${dt.invalidExplanation}`);
     return { value: dt.toISO({ suppressMilliseconds: !frac }) ?? local, precision: 'time' };
   }
   for (const format of options.formats ?? []) {
@@ -115,7 +115,7 @@ export function parseSourceDate(text: string, options: DateParseOptions = {}): P
       const at: Partial<Record<'y' | 'M' | 'd', number>> = {};
       simple.parts.forEach((part, i) => (at[part] = Number(match[i + 1])));
       const problem = calendarProblem(at.y!, at.M, at.d);
-      if (problem) throw new DateFormatError(`impossible date '${value}' (${format})`);
+      if (problem) throw new DateFormatError(`impossible date (${format})`);
       const pad = (n: number) => String(n).padStart(2, '0');
       if (at.d !== undefined && at.M !== undefined) return { value: `${at.y}-${pad(at.M)}-${pad(at.d)}`, precision: 'day' };
       if (at.M !== undefined) return { value: `${at.y}-${pad(at.M)}`, precision: 'month' };
@@ -125,17 +125,17 @@ export function parseSourceDate(text: string, options: DateParseOptions = {}): P
     const dt = DateTime.fromFormat(value, format, { zone: options.timezone ?? 'UTC', setZone: true });
     if (!dt.isValid) {
       // Luxon calls 30/02/2016 "unit out of range": the shape matched, the day does not exist.
-      if (dt.invalidReason === 'unit out of range') throw new DateFormatError(`impossible date '${value}' (${format})`);
+      if (dt.invalidReason === 'unit out of range') throw new DateFormatError(`impossible date (${format})`);
       continue;
     }
     if (precision === 'time') {
       if (!options.timezone && !/Z|ZZ|ZZZ/.test(format)) {
-        throw new DateFormatError(`date-time '${value}' has no timezone and the mapping declares none`);
+        throw new DateFormatError('date-time without timezone, and the mapping declares none');
       }
       return { value: dt.toISO({ suppressMilliseconds: true }) ?? value, precision };
     }
     return { value: dt.toFormat(FHIR_FORMAT[precision]), precision };
   }
   const tried = ['ISO 8601', ...(options.formats ?? [])].join(', ');
-  throw new DateFormatError(`'${value}' is not a date in any declared format (${tried})`);
+  throw new DateFormatError(`not a date in any declared format (${tried})`);
 }

@@ -107,7 +107,7 @@ class SubjectMapper {
         const clash = list.find((i) => i.key === key);
         if (clash) {
           // One business identifier, two source records: a silent overwrite would lose one of them.
-          for (const m of members) this.reject(m, rule.key?.field ?? 'key', `another record (${clash.records[0].file} row ${clash.records[0].row}) already makes ${rule.id} '${key}'`, key);
+          for (const m of members) this.reject(m, rule.key?.field ?? 'key', `another record (${clash.records[0].file} row ${clash.records[0].row}) already makes this ${rule.id}`, key);
           continue;
         }
         const identifier = { system: rule.identifierSystem, value: key };
@@ -131,7 +131,7 @@ class SubjectMapper {
       from.refs.add(target.fullUrl);
       return { fullUrl: target.fullUrl };
     }
-    return candidates.length > 0 ? { rejected: `${rule} '${candidates[0].key}'` } : undefined;
+    return candidates.length > 0 ? { rejected: `the ${rule} resource` } : undefined;
   }
 
   /** Phase 2: run templates; a failing record takes down every resource it feeds and every reference to those. */
@@ -195,7 +195,7 @@ class SubjectMapper {
           changed = true;
           const target = this.instances.find((i) => dropped.has(i.fullUrl) && instance.refs.has(i.fullUrl));
           for (const record of instance.records) {
-            this.reject(record, '(reference)', `depends on ${target ? `${target.rule.id} '${target.key}'` : 'a resource'} that was rejected`);
+            this.reject(record, '(reference)', `depends on ${target ? `the ${target.rule.id} resource` : 'a resource'}, which was rejected`);
           }
         }
       }
@@ -237,7 +237,7 @@ export function mapRecords(mapping: CompiledMapping, records: readonly SourceRec
   for (const [subject, subjectRecords] of bySubject) {
     if (!subjectRecords.some((r) => mapping.enrolment.has(r.type))) {
       for (const r of subjectRecords) {
-        problems.push(problemFor(r, subjectField, `subject '${subject}' is not enrolled (no ${[...mapping.enrolment].join('/')} record)`, subject));
+        problems.push(problemFor(r, subjectField, `subject is not enrolled (no ${[...mapping.enrolment].join('/')} record)`, subject));
       }
       continue;
     }

@@ -170,7 +170,7 @@ function compileExpr(env: CompileEnv, path: readonly string[], node: Record<stri
     try {
       return coerce(raw);
     } catch (err) {
-      throw new FieldError(expr.field, display(raw), `'${display(raw)}' ${(err as Error).message}`);
+      throw new FieldError(expr.field, display(raw), `value ${(err as Error).message}`);
     }
   });
   return requiredCheck(node, () => expr.field, producer);
@@ -250,7 +250,7 @@ function compileQuantity(env: CompileEnv, path: readonly string[], node: Record<
     const raw = single(expr, values);
     const number = typeof raw === 'number' ? raw : Number(String(raw).trim());
     if (!Number.isFinite(number) || String(raw).trim() === '') {
-      throw new FieldError(expr.field, display(raw), `'${display(raw)}' is not a number`);
+      throw new FieldError(expr.field, display(raw), 'value is not a number');
     }
     let unit = fixedUnit;
     if (!unit && unitFrom) {
@@ -296,12 +296,12 @@ function compileRef(env: CompileEnv, path: readonly string[], node: Record<strin
     const target = ctx.resolver?.(String(ruleId), keyValue);
     if (target && 'rejected' in target) {
       if (optional) return undefined;
-      throw new FieldError('(reference)', undefined, `depends on ${target.rejected} that was rejected`);
+      throw new FieldError('(reference)', undefined, `depends on ${target.rejected}, which was rejected`);
     }
     const fullUrl = target?.fullUrl;
     if (!fullUrl) {
       if (optional) return undefined;
-      throw new FieldError(key?.field ?? String(ruleId), keyValue, `no ${String(ruleId)} resource${keyValue ? ` with key '${keyValue}'` : ''} for this subject to refer to`);
+      throw new FieldError(key?.field ?? String(ruleId), keyValue, `no ${String(ruleId)} resource${keyValue ? ' with that key' : ''} for this subject to refer to`);
     }
     const text = displayText?.(ctx);
     return text === undefined ? { reference: fullUrl } : { reference: fullUrl, display: String(text) };

@@ -38,7 +38,7 @@ export function valueMapTranslation(name: string, spec: ValueMapSpec): CodeTrans
       if (hit) return hit;
       if (fallback) return fallback;
       if (unmapped === 'omit') return undefined;
-      throw new UnmappedCodeError(`'${value}' is not in value map '${name}' (expected one of ${[...table.keys()].slice(0, 12).join(', ')})`);
+      throw new UnmappedCodeError(`not in value map '${name}' (expected one of ${[...table.keys()].slice(0, 12).join(', ')})`);
     },
   };
 }
@@ -71,7 +71,7 @@ export async function conceptMapTranslation(name: string, path: string): Promise
         const coding = fallback(value.trim());
         if (coding) return coding;
       }
-      throw new UnmappedCodeError(`'${value}' is not mapped by ConceptMap '${name}' (${map.url ?? path})`);
+      throw new UnmappedCodeError(`not mapped by ConceptMap '${name}' (${map.url ?? path})`);
     },
   };
 }

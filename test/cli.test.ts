@@ -1,0 +1,92 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readdir, readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+const FIXTURE = 'mappings/site-a/tests/one-subject-with-bad-rows';
+
+/** Runs the CLI as a user would; resolves with exit code and output instead of throwing on a non-zero exit. */
+async function trialbridge(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await run(process.execPath, ['src/cli/main.ts', ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (err) {
+    const e = err as { code: number; stdout: string; stderr: string };
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
+
+describe('trialbridge CLI', () => {
+  it('map: exit 2 when records were rejected, bundles, summary and rejects written, no field values on the terminal', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'cli-'));
+    const result = await trialbridge('map', '-m', 'mappings/site-a.yaml', FIXTURE, '-o', out, '--recorded', '2020-01-01T00:00:00Z');
+    expect(result.code).toBe(2);
+    expect(result.stdout).toContain('5 records rejected');
+    expect(result.stdout).toContain('export.csv row 14 (R00013) field subject_id: subject is not enrolled (no ENROL record)');
+    // Neither the unknown subject's id nor the bad values reach the terminal; they are in the rejects file.
+    expect(result.stdout).not.toMatch(/A099|30\/02\/2016|abc/);
+    expect(await readdir(join(out, 'site-a'))).toEqual(['bundle-0001.json']);
+    const rejects = (await readFile(join(out, 'site-a.rejects.ndjson'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l));
+    expect(rejects.map((r) => [r.row, r.field, r.value])).toEqual([
+      [9, 'start_date', '30/02/2016'],
+      [10, 'grade', '7'],
+      [13, 'subject_id', undefined],
+      [14, 'subject_id', 'A099'],
+      [15, 'value', 'abc'],
+    ]);
+    const summary = JSON.parse(await readFile(join(out, 'site-a.summary.json'), 'utf8'));
+    expect(summary).toMatchObject({ site: 'site-a', recordsRead: 14, recordsRejected: 5, subjects: 1 });
+  });
+
+  it('map: exit 0 and NDJSON output when nothing is rejected', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const rows = (await readFile(join(FIXTURE, 'export.csv'), 'utf8')).split('\n').filter((l) => !/R0000[89]|R0001[234]/.test(l));
+    await writeFile(join(dir, 'export.csv'), rows.join('\n'));
+    const result = await trialbridge('map', '-m', 'mappings/site-a.yaml', dir, '-o', join(dir, 'out'), '--ndjson');
+    expect(result.code).toBe(0);
+    const lines = (await readFile(join(dir, 'out', 'site-a.bundles.ndjson'), 'utf8')).trim().split('\n');
+    expect(lines).toHaveLength(1);
+    expect(JSON.parse(lines[0]).type).toBe('transaction');
+  });
+
+  it('map: exit 1 with file, line and key when the mapping is malformed, before reading any input', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('extends: ldccrt-hcc-base.yaml', `extends: ${join(process.cwd(), 'mappings/ldccrt-hcc-base.yaml')}`).replace('  recordKey: row_id', '  recordKey: row_id\n  recordKye: oops');
+    await writeFile(join(dir, 'broken.yaml'), text);
+    const result = await trialbridge('map', '-m', join(dir, 'broken.yaml'), '/nonexistent', '-o', join(dir, 'out'));
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/broken\.yaml:\d+: source\.recordKye: unknown key 'recordKye'/);
+  });
+
+  it('map: exit 1 naming the input that is missing', async () => {
+    const result = await trialbridge('map', '-m', 'mappings/site-a.yaml', '/nonexistent/export.csv');
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain('/nonexistent/export.csv: no such file or directory');
+  });
+
+  it('check-mapping and test-mappings succeed on the shipped mappings', async () => {
+    const check = await trialbridge('check-mapping', 'mappings/site-a.yaml', 'mappings/site-b.yaml', 'mappings/site-c.yaml');
+    expect(check.code).toBe(0);
+    expect(check.stdout.match(/: ok/g)).toHaveLength(3);
+    const fixtures = await trialbridge('test-mappings');
+    expect(fixtures.code).toBe(0);
+    expect(fixtures.stdout).toMatch(/\d+ fixtures passed, 0 failed/);
+  });
+
+  it('test-mappings prints a readable diff and exits 1 when a mapping no longer gives the expected resources', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('extends: ldccrt-hcc-base.yaml', `extends: ${join(process.cwd(), 'mappings/ldccrt-hcc-base.yaml')}`).replace('DIAR: { code: "10012735"', 'DIAR: { code: "99999999"');
+    await writeFile(join(dir, 'site-a.yaml'), text);
+    const fixture = join(dir, 'site-a', 'tests', 'case');
+    await run('mkdir', ['-p', fixture]);
+    await writeFile(join(fixture, 'export.csv'), await readFile(join(FIXTURE, 'export.csv')));
+    await writeFile(join(fixture, 'expected.json'), await readFile(join(FIXTURE, 'expected.json')));
+    const result = await trialbridge('test-mappings', join(dir, 'site-a.yaml'));
+    expect(result.code).toBe(1);
+    expect(result.stdout).toMatch(/FAIL site-a\.yaml case/);
+    expect(result.stdout).toMatch(/\$\.resources\[\d+\]\.event\.coding\[0\]\.code: expected "10012735", got "99999999"/);
+  });
+});
