@@ -54,6 +54,16 @@ export interface CompiledMapping {
   readonly enrolment: ReadonlySet<string>;
   readonly rules: readonly CompiledRule[];
   readonly constants: ReadonlyMap<string, TypedValue>;
+  /** Record types some rule reads (`from`) or looks up (`%subject.TYPE`); others are rejected, not ignored. */
+  readonly consumedTypes: ReadonlySet<string>;
+}
+
+/** Record types named as `%subject.TYPE` anywhere in the rules. */
+function subjectLookups(node: unknown, out: Set<string>): Set<string> {
+  if (typeof node === 'string') for (const m of node.matchAll(/%subject\.([A-Za-z_][A-Za-z0-9_]*)/g)) out.add(m[1]);
+  else if (Array.isArray(node)) node.forEach((n) => subjectLookups(n, out));
+  else if (node && typeof node === 'object') Object.values(node).forEach((n) => subjectLookups(n, out));
+  return out;
 }
 
 const asList = (value: string | string[]) => (Array.isArray(value) ? value : [value]);
@@ -144,6 +154,7 @@ export async function compileMapping(loaded: LoadedMapping): Promise<CompiledMap
     enrolment: new Set(asList(spec.source.enrolment)),
     rules,
     constants,
+    consumedTypes: new Set([...rules.flatMap((r) => [...r.from]), ...subjectLookups(spec.resources, new Set()), ...asList(spec.source.enrolment)]),
   };
   if (issues.length > 0) throw new MappingError(issues);
   return compiled;

@@ -18,7 +18,7 @@ export interface MappedResource {
 export interface MappedSubject {
   readonly subject: string;
   readonly resources: MappedResource[];
-  /** Records that went into the subject's resources (for Provenance). */
+  /** The subject's records that were not rejected (for Provenance: each is accounted for). */
   readonly records: SourceRecord[];
 }
 
@@ -201,14 +201,13 @@ class SubjectMapper {
       }
     }
     const resources: MappedResource[] = [];
-    const used = new Set<SourceRecord>();
     for (const instance of this.instances) {
       if (instance.failed || !instance.resource) continue;
       resources.push({ rule: instance.rule.id, key: instance.key, identifier: instance.identifier, fullUrl: instance.fullUrl, resource: instance.resource, records: instance.records });
-      for (const r of instance.records) used.add(r);
     }
     if (resources.length === 0) return undefined;
-    return { subject: this.records[0].subject, resources, records: this.records.filter((r) => used.has(r)) };
+    // Every accepted record of the subject fed its data set, also those read only through %subject (a death row).
+    return { subject: this.records[0].subject, resources, records: this.records.filter((r) => !this.rejected.has(r)) };
   }
 
   get problems(): RecordProblem[] {
@@ -224,7 +223,12 @@ export function mapRecords(mapping: CompiledMapping, records: readonly SourceRec
   const problems: RecordProblem[] = [];
   const bySubject = new Map<string, SourceRecord[]>();
   const subjectField = mapping.subject.field;
+  const typeField = mapping.recordType?.field ?? '(record type)';
   for (const record of records) {
+    if (!mapping.consumedTypes.has(record.type)) {
+      problems.push(problemFor(record, typeField, `no rule of the mapping reads records of type '${record.type}'`));
+      continue;
+    }
     if (!record.subject) {
       problems.push(problemFor(record, subjectField, 'missing subject id'));
       continue;
