@@ -21,6 +21,7 @@ export interface TrialFigures {
   aeEvents: number;
   aeEventsByGrade: Record<string, number>;
   medianRtDoseGy: number | null;
+  rtDosesGy: number[];
   sorafenibStarted: number;
   deaths: number;
   responseAssessments: number;
@@ -84,6 +85,7 @@ export function trialFigures(subjects: readonly (readonly Resource[])[]): TrialF
     aeEvents: 0,
     aeEventsByGrade: {},
     medianRtDoseGy: null,
+    rtDosesGy: [],
     sorafenibStarted: 0,
     deaths: 0,
     responseAssessments: 0,
@@ -162,6 +164,7 @@ export function trialFigures(subjects: readonly (readonly Resource[])[]): TrialF
   }
   figures.aeSubjectsByMeddraPt = Object.fromEntries(Object.entries(figures.aeSubjectsByMeddraPt).sort());
   figures.medianRtDoseGy = median(doses);
+  figures.rtDosesGy = [...doses].sort((a, b) => a - b);
 
   const os = (list: SubjectFacts[]) =>
     list.filter((s) => s.enrolled && (s.death ?? s.lastDate)).map((s) => ({ time: days(s.enrolled!, (s.death ?? s.lastDate)!), event: Boolean(s.death) }));
