@@ -25,7 +25,7 @@ describe('trialbridge CLI', () => {
     const result = await trialbridge('map', '-m', 'mappings/site-a.yaml', FIXTURE, '-o', out, '--recorded', '2020-01-01T00:00:00Z');
     expect(result.code).toBe(2);
     expect(result.stdout).toContain('5 records rejected');
-    expect(result.stdout).toContain('export.csv row 14 (R00013) field subject_id: subject is not enrolled (no ENROL record)');
+    expect(result.stdout).toContain('export.csv row 14 (R00013) field subject_id: subject is not enrolled: no record of type ENROL');
     // Neither the unknown subject's id nor the bad values reach the terminal; they are in the rejects file.
     expect(result.stdout).not.toMatch(/A099|30\/02\/2016|abc/);
     expect(await readdir(join(out, 'site-a'))).toEqual(['bundle-0001.json']);

@@ -128,7 +128,7 @@ describe('mapRecords', async () => {
     ]);
     expect(result.problems.map((p) => [p.field, p.reason])).toEqual([
       ['SUBJ', 'missing subject id'],
-      ['SUBJ', 'subject is not enrolled (no DM record)'],
+      ['SUBJ', 'subject is not enrolled: no record of type DM'],
       ['SEX', "not in value map 'sex' (expected one of M, F)"],
       ['(reference)', 'depends on the patient resource, which was rejected'],
     ]);

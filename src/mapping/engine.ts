@@ -241,7 +241,7 @@ export function mapRecords(mapping: CompiledMapping, records: readonly SourceRec
   for (const [subject, subjectRecords] of bySubject) {
     if (!subjectRecords.some((r) => mapping.enrolment.has(r.type))) {
       for (const r of subjectRecords) {
-        problems.push(problemFor(r, subjectField, `subject is not enrolled (no ${[...mapping.enrolment].join('/')} record)`, subject));
+        problems.push(problemFor(r, subjectField, `subject is not enrolled: no record of type ${[...mapping.enrolment].join(' or ')}`, subject));
       }
       continue;
     }
