@@ -199,12 +199,14 @@ function compileDate(env: CompileEnv, path: readonly string[], node: Record<stri
 }
 
 function compileMap(env: CompileEnv, path: readonly string[], node: Record<string, unknown>): Producer {
-  checkOptions(env, path, node, ['$map', 'value', 'as', 'text', 'required']);
+  checkOptions(env, path, node, ['$map', 'value', 'as', 'text', 'display', 'required']);
   const name = node.$map;
   const translation = typeof name === 'string' ? env.translations.get(name) : undefined;
   if (!translation) env.issue([...path, '$map'], `unknown value map or ConceptMap '${String(name)}'`);
   const value = expression(env, [...path, 'value'], node.value);
   const text = node.text === undefined ? undefined : expression(env, [...path, 'text'], node.text);
+  // For maps that pass codes through (a ConceptMap's unmapped mode `provided`), the source's own term.
+  const displayExpr = node.display === undefined ? undefined : expression(env, [...path, 'display'], node.display);
   const as = node.as ?? 'Coding';
   if (!['Coding', 'CodeableConcept', 'code'].includes(as as string)) env.issue([...path, 'as'], "must be 'Coding', 'CodeableConcept' or 'code'");
   if (!translation || !value) return () => undefined;
@@ -219,6 +221,10 @@ function compileMap(env: CompileEnv, path: readonly string[], node: Record<strin
         if (err instanceof UnmappedCodeError) throw new FieldError(value.field, raw, err.message);
         throw err;
       }
+    }
+    if (coding && !coding.display && displayExpr) {
+      const shown = display(displayExpr.evaluate(ctx)[0]);
+      if (shown !== undefined) coding = { ...coding, display: shown };
     }
     if (as === 'code') return coding?.code;
     if (as === 'Coding') return coding ? { ...coding } : undefined;
