@@ -1,0 +1,431 @@
+import {
+  createConstraintIssue,
+  createProcessingIssue,
+  createStructureIssue,
+  deepEquals,
+  deepIncludes,
+  evalFhirPathTyped,
+  getDataType,
+  type InternalSchemaElement,
+  type InternalTypeSchema,
+  type TypedValue,
+} from '@medplum/core';
+import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import { nativeInvariant, type Invariant } from './invariants.ts';
+
+/**
+ * A validator compiled once per type schema (base R4 type or profile) into closures over plain JSON.
+ *
+ * It walks a resource the way @medplum/core's validateResource does — same schema (parsed by @medplum/core from
+ * the StructureDefinition snapshot), same rules, same locations and messages — but without wrapping every
+ * value in a typed value, with the common invariants as native code, and with what @medplum/core leaves out:
+ * required bindings to value sets we hold. test/validation-corpus.test.ts checks that it reports everything
+ * validateResource reports.
+ */
+
+/** Codes allowed by a required binding, or undefined when the value set is not known here. */
+export type BindingLookup = (valueSetUrl: string) => ReadonlySet<string> | undefined;
+
+interface Walk {
+  readonly issues: OperationOutcomeIssue[];
+  readonly root: Resource;
+  readonly resources: Resource[];
+}
+
+type ObjectCheck = (value: Record<string, unknown>, path: string, walk: Walk) => void;
+
+/** A JSON property a schema element reads: its key in the object and the FHIR type of what is there. */
+interface Slot {
+  readonly type: string;
+  readonly key: string;
+  /** `_key`, where the extensions of a primitive sit. */
+  readonly partnerKey: string;
+}
+
+const JS_TYPE: Record<string, 'string' | 'number' | 'boolean'> = {
+  base64Binary: 'string',
+  boolean: 'boolean',
+  canonical: 'string',
+  code: 'string',
+  date: 'string',
+  dateTime: 'string',
+  decimal: 'number',
+  id: 'string',
+  instant: 'string',
+  integer: 'number',
+  integer64: 'string',
+  markdown: 'string',
+  oid: 'string',
+  positiveInt: 'number',
+  string: 'string',
+  time: 'string',
+  unsignedInt: 'number',
+  uri: 'string',
+  url: 'string',
+  uuid: 'string',
+  xhtml: 'string',
+  'http://hl7.org/fhirpath/System.String': 'string',
+};
+
+// The FHIR R4 primitive formats, as @medplum/core checks them.
+const FORMATS: Record<string, RegExp> = {
+  canonical: /^\S*$/,
+  code: /^[^\s]+( [^\s]+)*$/,
+  date: /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1]))?)?$/,
+  dateTime:
+    /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)(-(0[1-9]|1[0-2])(-(0[1-9]|[1-2]\d|3[0-1])(T([01]\d|2[0-3])(:[0-5]\d:([0-5]\d|60)(\.\d{1,9})?)?)?)?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)?)?)?$/,
+  id: /^[A-Za-z0-9\-.]{1,64}$/,
+  instant:
+    /^(\d(\d(\d[1-9]|[1-9]0)|[1-9]00)|[1-9]000)-(0[1-9]|1[0-2])-(0[1-9]|[1-2]\d|3[0-1])T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00))$/,
+  markdown: /^[\r\n\t\u0020-\uFFFF]+$/,
+  oid: /^urn:oid:[0-2](\.(0|[1-9]\d*))+$/,
+  string: /^[\r\n\t\u0020-\uFFFF]+$/,
+  time: /^([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?$/,
+  uri: /^\S*$/,
+  url: /^\S*$/,
+  uuid: /^urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/,
+  xhtml: /.*/,
+};
+
+/** Invariants @medplum/core does not evaluate (they need descendants() or are back-compatibility rules). */
+const SKIPPED_INVARIANTS = new Set(['ele-1', 'dom-3', 'org-1', 'sdf-19']);
+const INT_MIN = -2_147_483_648;
+const INT_MAX = 2_147_483_647;
+const TERMINOLOGY_TYPES = new Set(['code', 'Coding', 'CodeableConcept']);
+
+const isPrimitive = (type: string) => type === 'undefined' || type in JS_TYPE;
+const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
+
+function isEmptyValue(v: unknown): boolean {
+  if (v === null || v === undefined) return true;
+  if (typeof v === 'string') return v.length === 0;
+  if (Array.isArray(v)) return v.length === 0;
+  if (typeof v === 'object') return Object.keys(v).length === 0;
+  return false;
+}
+
+function calendarDateOk(str: string): boolean {
+  if (str.length < 10) return true;
+  const year = Number.parseInt(str.substring(0, 4), 10);
+  const month = Number.parseInt(str.substring(5, 7), 10);
+  const day = Number.parseInt(str.substring(8, 10), 10);
+  return day <= new Date(Date.UTC(year, month, 0)).getUTCDate();
+}
+
+/** What is wrong with a primitive value, as @medplum/core words it; undefined when nothing is. */
+function primitiveProblem(value: unknown, type: string): string | undefined {
+  const expected = JS_TYPE[type];
+  if (!expected) return `Invalid JSON type: ${type} is not a valid FHIR type`;
+  if (typeof value !== expected) return value === null ? undefined : `Invalid JSON type: expected ${expected}, but got ${typeof value}`;
+  if (expected === 'string') {
+    const str = value as string;
+    if (type === 'base64Binary') return !/^[A-Za-z\d+/]+={0,2}$/.test(str) || str.length % 4 !== 0 ? 'Invalid base64Binary format' : undefined;
+    if (!str.trim()) return 'String must contain non-whitespace content';
+    if (str.length > 1024 * 1024) return 'String cannot be larger than 1 MB';
+    const format = FORMATS[type];
+    if (format && !format.test(str)) return `Invalid ${type} format`;
+    if ((type === 'date' || type === 'dateTime' || type === 'instant') && !calendarDateOk(str)) return `Invalid ${type} value`;
+    return undefined;
+  }
+  if (expected === 'number') {
+    const n = value as number;
+    const integer = type === 'integer' || type === 'positiveInt' || type === 'unsignedInt';
+    if (Number.isNaN(n) || !Number.isFinite(n)) return 'Invalid numeric value';
+    if (integer && !Number.isInteger(n)) return 'Expected number to be an integer';
+    if (type === 'integer' && (n < INT_MIN || n > INT_MAX)) return `Expected number to be in the range ${INT_MIN}..${INT_MAX}`;
+    if (type === 'positiveInt' && (n < 1 || n > INT_MAX)) return `Expected number to be in the range 1..${INT_MAX}`;
+    if (type === 'unsignedInt' && (n < 0 || n > INT_MAX)) return `Expected number to be in the range 0..${INT_MAX}`;
+  }
+  return undefined;
+}
+
+/** Nulls anywhere in the JSON, as @medplum/core reports them before anything else. */
+function checkNulls(obj: Record<string, unknown>, path: string, issues: OperationOutcomeIssue[]): void {
+  for (const key in obj) {
+    const value = obj[key];
+    const propertyPath = `${path}.${key}`;
+    if (value === null) issues.push(createStructureIssue(propertyPath, 'Invalid null value'));
+    else if (Array.isArray(value)) {
+      const partner = obj[key.startsWith('_') ? key.slice(1) : `_${key}`] as unknown[] | undefined;
+      for (let i = 0; i < value.length; i++) {
+        const item = value[i];
+        if (item === undefined) issues.push(createStructureIssue(`${propertyPath}[${i}]`, 'Invalid undefined value'));
+        else if (item === null && !partner?.[i]) issues.push(createStructureIssue(`${propertyPath}[${i}]`, 'Invalid null value'));
+        else if (item && typeof item === 'object') checkNulls(item as Record<string, unknown>, `${propertyPath}[${i}]`, issues);
+      }
+    } else if (typeof value === 'object') checkNulls(value as Record<string, unknown>, propertyPath, issues);
+  }
+}
+
+/** Finds which slot of an element an object fills (allocation-free: slots are made at compile time). */
+type Reader = (obj: Record<string, unknown>) => Slot | undefined;
+
+/** Compiles the read of one step of an element key (`name`, or `value[x]` → whichever `valueX` key is there). */
+function stepReader(step: string, types: readonly string[]): Reader {
+  if (step.endsWith('[x]')) {
+    const base = step.slice(0, -3);
+    const slots: Slot[] = types.map((type) => ({ key: base + capitalize(type), type, partnerKey: `_${base}${capitalize(type)}` }));
+    return (obj) => {
+      for (const slot of slots) if (obj[slot.key] !== undefined) return slot;
+      return undefined;
+    };
+  }
+  const slot: Slot = { key: step, type: types[0] ?? 'undefined', partnerKey: `_${step}` };
+  return (obj) => (obj[step] === undefined ? undefined : slot);
+}
+
+function codesOf(value: unknown, type: string): string[] {
+  if (type === 'code') return typeof value === 'string' ? [value] : [];
+  if (type === 'Coding') {
+    const c = value as { system?: string; code?: string };
+    return c?.code ? [`${c.system ?? ''}|${c.code}`] : [];
+  }
+  const cc = value as { coding?: { system?: string; code?: string }[] };
+  return (cc?.coding ?? []).filter((c) => c.code).map((c) => `${c.system ?? ''}|${c.code}`);
+}
+
+interface CompiledElement {
+  readonly key: string;
+  readonly steps: readonly string[];
+  /** Readers of each step of the key (parents of a nested key, then the element itself). */
+  readonly readers: readonly Reader[];
+  readonly element: InternalSchemaElement;
+  readonly types: readonly string[];
+  readonly invariants: readonly Invariant[];
+  readonly constraints: InternalSchemaElement['constraints'];
+  readonly allowedCodes?: ReadonlySet<string>;
+  /** Validator of a complex value of the given type, resolved once per type. */
+  childCheck(type: string): ObjectCheck | undefined;
+  readonly bindingUrl?: string;
+}
+
+export class ValidatorCompiler {
+  private readonly cache = new Map<InternalTypeSchema, ObjectCheck>();
+  private readonly bindings: BindingLookup;
+
+  constructor(bindings: BindingLookup = () => undefined) {
+    this.bindings = bindings;
+  }
+
+  /** Validates a resource against a schema (a base type or a parsed profile); returns all issues. */
+  validate(resource: Resource, schema: InternalTypeSchema): OperationOutcomeIssue[] {
+    const walk: Walk = { issues: [], root: resource, resources: [resource] };
+    const record = resource as unknown as Record<string, unknown>;
+    checkNulls(record, schema.path, walk.issues);
+    this.checkConstraints(this.invariantsOf(schema.constraints), schema.type ?? schema.name, resource, () => schema.path, walk);
+    this.objectCheck(schema)(record, schema.path, walk);
+    return walk.issues;
+  }
+
+  private invariantsOf(constraints: InternalSchemaElement['constraints']): Invariant[] {
+    return (constraints ?? [])
+      .filter((c) => c.severity === 'error' && !SKIPPED_INVARIANTS.has(c.key))
+      .map((c) => nativeInvariant(c) ?? { constraint: c, check: undefined });
+  }
+
+  private checkConstraints(invariants: readonly Invariant[], type: string, value: unknown, pathOf: () => string, walk: Walk): void {
+    for (const invariant of invariants) {
+      let ok: boolean;
+      const native = invariant.check?.(value);
+      if (native !== undefined) ok = native;
+      else {
+        const typed: TypedValue = { type, value };
+        const path = pathOf();
+        const variables: Record<string, TypedValue> = {
+          '%context': typed,
+          '%ucum': { type: 'uri', value: 'http://unitsofmeasure.org' },
+          '%resource': { type: walk.resources.at(-1)!.resourceType, value: walk.resources.at(-1) },
+          '%rootResource': { type: walk.root.resourceType, value: walk.root },
+        };
+        try {
+          const result = evalFhirPathTyped(invariant.constraint.expression, [typed], variables);
+          ok = result.length === 1 && result[0].value === true;
+        } catch (err) {
+          walk.issues.push(createProcessingIssue(path, 'Error evaluating invariant expression', err as Error, { fhirpath: invariant.constraint.expression }));
+          ok = false;
+        }
+      }
+      if (!ok) {
+        walk.issues.push(createConstraintIssue(pathOf(), invariant.constraint));
+        return;
+      }
+    }
+  }
+
+  private typeCheck(type: string, inner: readonly InternalTypeSchema[]): ObjectCheck | undefined {
+    if (isPrimitive(type)) return undefined;
+    const schema = inner.find((t) => t.name === type) ?? getDataType(type);
+    return this.objectCheck(schema);
+  }
+
+  private compileElement(key: string, element: InternalSchemaElement, all: Record<string, InternalSchemaElement>, inner: readonly InternalTypeSchema[]): CompiledElement {
+    const steps = key.split('.');
+    const children = new Map<string, ObjectCheck | undefined>();
+    const childCheck = (type: string) => {
+      if (!children.has(type)) children.set(type, this.typeCheck(type, inner));
+      return children.get(type);
+    };
+    const required = element.binding?.strength === 'required' && element.binding.valueSet ? element.binding.valueSet.split('|')[0] : undefined;
+    const allowedCodes = required ? this.bindings(required) : undefined;
+    return {
+      key,
+      steps,
+      readers: steps.map((step, i) => stepReader(step, i === steps.length - 1 ? element.type.map((t) => t.code) : (all[steps.slice(0, i + 1).join('.')]?.type ?? []).map((t) => t.code))),
+      element,
+      types: element.type.map((t) => t.code),
+      invariants: this.invariantsOf(element.constraints),
+      constraints: element.constraints,
+      ...(allowedCodes ? { allowedCodes, bindingUrl: required } : {}),
+      childCheck,
+    };
+  }
+
+  /** The closure validating objects of one schema, compiled on first use. */
+  objectCheck(schema: InternalTypeSchema): ObjectCheck {
+    const cached = this.cache.get(schema);
+    if (cached) return cached;
+    let compiled: ObjectCheck | undefined;
+    // Recursive types (Extension.extension) refer to themselves: resolve lazily.
+    const lazy: ObjectCheck = (value, path, walk) => compiled!(value, path, walk);
+    this.cache.set(schema, lazy);
+    compiled = this.compileObject(schema);
+    return compiled;
+  }
+
+  private compileObject(schema: InternalTypeSchema): ObjectCheck {
+    const inner = schema.innerTypes ?? [];
+    const elements = Object.entries(schema.elements).map(([key, element]) => this.compileElement(key, element, schema.elements, inner));
+    const known = new Set(Object.keys(schema.elements));
+    const choicePrefixes = [...known].filter((k) => k.endsWith('[x]')).map((k) => k.slice(0, -3));
+    const elementCheck = getDataType('Element');
+
+    const visitElement = (obj: Record<string, unknown>, path: string, el: CompiledElement, walk: Walk) => {
+      if (el.steps.length === 1) {
+        const slot = el.readers[0](obj);
+        // The common case, an optional element that is not there, costs one property read.
+        if (slot === undefined && el.element.min === 0) return;
+        visitValue(obj, path, slot, el, walk, path);
+        return;
+      }
+      // Nested keys (a profile constraining `effective[x].start`) read through each value of the parents.
+      let parents: { obj: Record<string, unknown>; path: string }[] = [{ obj, path }];
+      for (let s = 0; s < el.steps.length - 1; s++) {
+        const next: { obj: Record<string, unknown>; path: string }[] = [];
+        for (const p of parents) {
+          const slot = el.readers[s](p.obj);
+          if (!slot) continue;
+          const value = p.obj[slot.key];
+          const stepPath = `${p.path}.${el.steps[s]}`;
+          if (Array.isArray(value)) value.forEach((v, i) => v && typeof v === 'object' && next.push({ obj: v as Record<string, unknown>, path: `${stepPath}[${i}]` }));
+          else if (value && typeof value === 'object') next.push({ obj: value as Record<string, unknown>, path: stepPath });
+        }
+        parents = next;
+      }
+      for (const parent of parents) visitValue(parent.obj, parent.path, el.readers[el.readers.length - 1](parent.obj), el, walk, path);
+    };
+
+    const visitValue = (parentObj: Record<string, unknown>, parentPath: string, slot: Slot | undefined, el: CompiledElement, walk: Walk, path: string) => {
+      const { element } = el;
+      // Paths are built only where an issue needs one or a child is entered: most values need neither.
+      const valuePath = () => `${parentPath}.${el.steps[el.steps.length - 1]}`;
+      const raw = slot === undefined ? undefined : parentObj[slot.key];
+      // Like @medplum/core: null, {} and [] count as absent (null is reported on its own).
+      if (slot === undefined || raw === null || (typeof raw === 'object' && isEmptyValue(raw))) {
+        if (element.min > 0) walk.issues.push(createStructureIssue(valuePath(), 'Missing required property'));
+        return;
+      }
+      const isArray = Array.isArray(raw);
+      if (element.isArray !== isArray) {
+        walk.issues.push(createStructureIssue(`${path}.${el.key}`, isArray ? 'Expected single value for property' : 'Expected array of values for property'));
+        return;
+      }
+      const count = isArray ? (raw as unknown[]).length : 1;
+      if (count < element.min || count > element.max) {
+        walk.issues.push(createStructureIssue(element.path, `Invalid number of values: expected ${element.min}..${Number.isFinite(element.max) ? element.max : '*'}, but found ${count}`));
+      }
+      const slotType = slot.type;
+      if (element.pattern || element.fixed) {
+        const typed = isArray ? (raw as unknown[]).map((v) => ({ type: slotType, value: v })) : { type: slotType, value: raw };
+        if ((element.pattern && !deepIncludes(typed, element.pattern)) || (element.fixed && !deepEquals(typed, element.fixed))) {
+          walk.issues.push(createStructureIssue(`${path}.${el.key}`, 'Value did not match expected pattern'));
+        }
+      }
+      const slicing = element.slicing;
+      const sliceCounts = slicing ? new Map(slicing.slices.map((s) => [s.name, 0])) : undefined;
+      const primitive = isPrimitive(slotType);
+      const child = primitive || slotType === 'Resource' ? undefined : el.childCheck(slotType);
+      for (let i = 0; i < count; i++) {
+        const value = isArray ? (raw as unknown[])[i] : raw;
+        const itemPath = isArray ? () => `${valuePath()}[${i}]` : valuePath;
+        let type = slotType;
+        if (type === 'Resource' && value && typeof value === 'object') type = (value as Resource).resourceType;
+        if (el.invariants.length > 0) this.checkConstraints(el.invariants, type, value, itemPath, walk);
+        if (primitive) {
+          const problem = primitiveProblem(value, type);
+          if (problem) walk.issues.push(createStructureIssue(itemPath(), problem));
+        } else if (isEmptyValue(value)) {
+          walk.issues.push(createStructureIssue(itemPath(), 'Invalid empty non-primitive value'));
+        }
+        if (el.allowedCodes && TERMINOLOGY_TYPES.has(type)) {
+          const codes = codesOf(value, type);
+          const ok = type === 'code' ? codes.every((c) => el.allowedCodes!.has(c)) : codes.some((c) => el.allowedCodes!.has(c));
+          if (codes.length > 0 && !ok) {
+            walk.issues.push({ severity: 'error', code: 'code-invalid', details: { text: `Value not in required value set ${el.bindingUrl}` }, expression: [itemPath()] });
+          }
+        }
+        if (sliceCounts && slicing && value && typeof value === 'object') {
+          const slice = matchSlice(value as Record<string, unknown>, type, slicing);
+          if (slice) sliceCounts.set(slice, sliceCounts.get(slice)! + 1);
+        }
+        if (!primitive && value && typeof value === 'object' && !Array.isArray(value)) {
+          if (type !== slotType) {
+            walk.resources.push(value as Resource);
+            this.objectCheck(getDataType(type))(value as Record<string, unknown>, itemPath(), walk);
+            walk.resources.pop();
+          } else child?.(value as Record<string, unknown>, itemPath(), walk);
+        }
+      }
+      if (sliceCounts && slicing) {
+        for (const slice of slicing.slices) {
+          const n = sliceCounts.get(slice.name)!;
+          if (n < slice.min || n > slice.max) {
+            walk.issues.push(createStructureIssue(`${path}.${el.key}`, `Incorrect number of values provided for slice '${slice.name}': expected ${slice.min}..${Number.isFinite(slice.max) ? slice.max : '*'}, but found ${n}`));
+          }
+        }
+      }
+      // Extensions of a primitive (`_birthDate`) are an Element of their own.
+      if (primitive) {
+        const partner = parentObj[slot.partnerKey];
+        if (partner && typeof partner === 'object' && !Array.isArray(partner)) this.objectCheck(elementCheck)(partner as Record<string, unknown>, valuePath(), walk);
+      }
+    };
+
+    return (obj, path, walk) => {
+      for (const el of elements) visitElement(obj, path, el, walk);
+      for (const key in obj) {
+        if (key === 'resourceType' || obj[key] === undefined) continue;
+        const name = key.startsWith('_') ? key.slice(1) : key;
+        if (known.has(name)) continue;
+        if (choicePrefixes.some((p) => name.startsWith(p) && name.length > p.length && name[p.length] === name[p.length].toUpperCase() && known.has(`${p}[x]`))) continue;
+        walk.issues.push(createStructureIssue(`${path}.${key}`, `Invalid additional property "${key}"`));
+      }
+    };
+  }
+}
+
+function matchSlice(value: Record<string, unknown>, type: string, slicing: NonNullable<InternalSchemaElement['slicing']>): string | undefined {
+  for (const slice of slicing.slices) {
+    const matches = slicing.discriminator.every((d) => {
+      const sliceElement = d.path === '$this' ? slice : slice.elements[d.path];
+      const actual = d.path === '$this' ? value : value[d.path];
+      if (d.type === 'type') return slice.type?.some((t) => t.code === type) ?? false;
+      if (!sliceElement || actual === undefined) return false;
+      const typed = { type: sliceElement.type?.[0]?.code ?? 'undefined', value: actual };
+      if (sliceElement.pattern) return deepIncludes(typed, sliceElement.pattern);
+      if (sliceElement.fixed) return deepEquals(typed, sliceElement.fixed);
+      return sliceElement.binding?.strength === 'required' && Boolean(sliceElement.binding.valueSet);
+    });
+    if (matches) return slice.name;
+  }
+  return undefined;
+}
