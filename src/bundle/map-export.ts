@@ -3,7 +3,8 @@ import type { CompiledMapping } from '../mapping/compile.ts';
 import { mapRecords, type ResourceCheck } from '../mapping/engine.ts';
 import { readSourceRecords } from '../mapping/records.ts';
 import type { RecordProblem } from '../source/record.ts';
-import { baseValidationIssues, describeIssue } from '../validation/base.ts';
+import { describeIssue } from '../validation/base.ts';
+import { ResourceValidator } from '../validation/validator.ts';
 import { subjectBundle } from './transaction.ts';
 
 export interface ExportSummary {
@@ -26,16 +27,36 @@ export interface MapExportOptions {
   readonly recorded: string;
   /** Validate every resource before it goes into a bundle (default true). */
   readonly validate?: boolean;
+  /** The validator to use (default: the trial's profiles); loading one is the slow part, so callers share it. */
+  readonly validator?: ResourceValidator;
+  /** Profiles every resource must also meet (a destination's). */
+  readonly requiredProfiles?: readonly string[];
   /** Called after each subject, for progress display. */
   readonly onSubject?: (done: number, total: number) => void;
 }
 
-export const baseCheck: ResourceCheck = (resource) => baseValidationIssues(resource).map(describeIssue);
+let sharedValidator: Promise<ResourceValidator> | undefined;
+
+/** The validator of the trial's profiles, loaded once per process. */
+export function defaultValidator(): Promise<ResourceValidator> {
+  sharedValidator ??= ResourceValidator.load();
+  return sharedValidator;
+}
+
+/** Errors of the validator as record problems: the FHIRPath location is the field. */
+export function validationCheck(validator: ResourceValidator, requiredProfiles: readonly string[] = []): ResourceCheck {
+  return (resource) =>
+    validator
+      .validate(resource, requiredProfiles)
+      .filter((i) => i.severity === 'error' || i.severity === 'fatal')
+      .map(describeIssue);
+}
 
 /** Reads, maps, validates and bundles one site export. */
 export async function mapExport(mapping: CompiledMapping, inputs: readonly string[], options: MapExportOptions): Promise<MappedExport> {
   const source = await readSourceRecords(mapping, inputs);
-  const result = mapRecords(mapping, source.records, options.validate === false ? undefined : baseCheck);
+  const check = options.validate === false ? undefined : validationCheck(options.validator ?? (await defaultValidator()), options.requiredProfiles);
+  const result = mapRecords(mapping, source.records, check);
   const resourcesByType: Record<string, number> = {};
   const counted = new Set<string>();
   const bundles = result.subjects.map((subject, i) => {

@@ -23,8 +23,13 @@ import { nativeInvariant, type Invariant } from './invariants.ts';
  * validateResource reports.
  */
 
-/** Codes allowed by a required binding, or undefined when the value set is not known here. */
+/** Codes allowed by a required binding as `system|code`, or undefined when the value set is not known here. */
 export type BindingLookup = (valueSetUrl: string) => ReadonlySet<string> | undefined;
+
+/** A bare `code` element has no system: it is held to the codes of the set whatever their system. */
+function bareCodes(codes: ReadonlySet<string>): Set<string> {
+  return new Set([...codes].map((c) => c.slice(c.lastIndexOf('|') + 1)));
+}
 
 interface Walk {
   readonly issues: OperationOutcomeIssue[];
@@ -125,6 +130,8 @@ function primitiveProblem(value: unknown, type: string): string | undefined {
     const format = FORMATS[type];
     if (format && !format.test(str)) return `Invalid ${type} format`;
     if ((type === 'date' || type === 'dateTime' || type === 'instant') && !calendarDateOk(str)) return `Invalid ${type} value`;
+    // R4: "If hours and minutes are specified, a time zone SHALL be populated" (the published regex requires it).
+    if (type === 'dateTime' && str.includes('T') && !/(Z|[+-]\d{2}:\d{2})$/.test(str)) return 'dateTime with a time must have a timezone';
     return undefined;
   }
   if (expected === 'number') {
@@ -161,7 +168,20 @@ function checkNulls(obj: Record<string, unknown>, path: string, issues: Operatio
 type Reader = (obj: Record<string, unknown>) => Slot | undefined;
 
 /** Compiles the read of one step of an element key (`name`, or `value[x]` → whichever `valueX` key is there). */
-function stepReader(step: string, types: readonly string[]): Reader {
+function stepReader(step: string, types: readonly string[], anyType = false): Reader {
+  if (step.endsWith('[x]') && anyType) {
+    // A parent on the way to a nested key is read whatever its type, as @medplum/core reads it.
+    const base = step.slice(0, -3);
+    return (obj) => {
+      for (const key in obj) {
+        if (key.length > base.length && key.startsWith(base) && /[A-Z]/.test(key[base.length])) {
+          const type = key.charAt(base.length).toLowerCase() + key.slice(base.length + 1);
+          return { key, type: types.find((t) => t.toLowerCase() === type.toLowerCase()) ?? type, partnerKey: `_${key}` };
+        }
+      }
+      return undefined;
+    };
+  }
   if (step.endsWith('[x]')) {
     const base = step.slice(0, -3);
     const slots: Slot[] = types.map((type) => ({ key: base + capitalize(type), type, partnerKey: `_${base}${capitalize(type)}` }));
@@ -194,17 +214,28 @@ interface CompiledElement {
   readonly invariants: readonly Invariant[];
   readonly constraints: InternalSchemaElement['constraints'];
   readonly allowedCodes?: ReadonlySet<string>;
+  readonly allowedBareCodes?: ReadonlySet<string>;
   /** Validator of a complex value of the given type, resolved once per type. */
   childCheck(type: string): ObjectCheck | undefined;
+  /** Per slice: the checks of a value that falls in it (its own elements, the profile its type names). */
+  readonly sliceChecks: ReadonlyMap<string, readonly ObjectCheck[]>;
+  /** Checks from profiles the element's type names (not sliced). */
+  readonly profileChecks: readonly ObjectCheck[];
   readonly bindingUrl?: string;
 }
 
 export class ValidatorCompiler {
   private readonly cache = new Map<InternalTypeSchema, ObjectCheck>();
   private readonly bindings: BindingLookup;
+  private readonly profileSchema: (url: string) => InternalTypeSchema | undefined;
 
-  constructor(bindings: BindingLookup = () => undefined) {
+  /**
+   * `profileSchema` gives the schema of a profile a type points to (an extension's definition): values that
+   * claim one are checked against it, which @medplum/core does not do.
+   */
+  constructor(bindings: BindingLookup = () => undefined, profileSchema: (url: string) => InternalTypeSchema | undefined = () => undefined) {
     this.bindings = bindings;
+    this.profileSchema = profileSchema;
   }
 
   /** Validates a resource against a schema (a base type or a parsed profile); returns all issues. */
@@ -255,7 +286,15 @@ export class ValidatorCompiler {
   private typeCheck(type: string, inner: readonly InternalTypeSchema[]): ObjectCheck | undefined {
     if (isPrimitive(type)) return undefined;
     const schema = inner.find((t) => t.name === type) ?? getDataType(type);
-    return this.objectCheck(schema);
+    const check = this.objectCheck(schema);
+    // The data type's own invariants (Period per-1, Quantity qty-3, Reference ref-1) hold wherever it is used;
+    // @medplum/core checks them on the root only. Element-level copies are checked with the element.
+    const invariants = this.invariantsOf(schema.constraints);
+    if (invariants.length === 0 || inner.includes(schema)) return check;
+    return (value, path, walk) => {
+      this.checkConstraints(invariants, type, value, () => path, walk);
+      check(value, path, walk);
+    };
   }
 
   private compileElement(key: string, element: InternalSchemaElement, all: Record<string, InternalSchemaElement>, inner: readonly InternalTypeSchema[]): CompiledElement {
@@ -270,33 +309,56 @@ export class ValidatorCompiler {
     return {
       key,
       steps,
-      readers: steps.map((step, i) => stepReader(step, i === steps.length - 1 ? element.type.map((t) => t.code) : (all[steps.slice(0, i + 1).join('.')]?.type ?? []).map((t) => t.code))),
+      readers: steps.map((step, i) =>
+        i === steps.length - 1 ? stepReader(step, element.type.map((t) => t.code)) : stepReader(step, (all[steps.slice(0, i + 1).join('.')]?.type ?? []).map((t) => t.code), true),
+      ),
       element,
       types: element.type.map((t) => t.code),
       invariants: this.invariantsOf(element.constraints),
       constraints: element.constraints,
-      ...(allowedCodes ? { allowedCodes, bindingUrl: required } : {}),
+      ...(allowedCodes ? { allowedCodes, allowedBareCodes: bareCodes(allowedCodes), bindingUrl: required } : {}),
       childCheck,
+      sliceChecks: new Map(
+        (element.slicing?.slices ?? []).map((slice) => {
+          const checks: ObjectCheck[] = [];
+          if (Object.keys(slice.elements).length > 0) {
+            checks.push(this.objectCheck({ name: `${element.path}:${slice.name}`, type: slice.type?.[0]?.code ?? 'Element', path: slice.path, elements: slice.elements, innerTypes: [] }, false));
+          }
+          for (const profile of slice.type?.flatMap((t) => t.profile ?? []) ?? []) {
+            const schema = this.profileSchema(profile);
+            if (schema) checks.push(this.objectCheck(schema));
+          }
+          return [slice.name, checks] as const;
+        }),
+      ),
+      profileChecks: element.slicing
+        ? []
+        : element.type.flatMap((t) => t.profile ?? []).flatMap((url) => {
+            const schema = this.profileSchema(url);
+            return schema ? [this.objectCheck(schema)] : [];
+          }),
     };
   }
 
   /** The closure validating objects of one schema, compiled on first use. */
-  objectCheck(schema: InternalTypeSchema): ObjectCheck {
+  objectCheck(schema: InternalTypeSchema, checkUnknownProperties = true): ObjectCheck {
     const cached = this.cache.get(schema);
     if (cached) return cached;
     let compiled: ObjectCheck | undefined;
     // Recursive types (Extension.extension) refer to themselves: resolve lazily.
     const lazy: ObjectCheck = (value, path, walk) => compiled!(value, path, walk);
     this.cache.set(schema, lazy);
-    compiled = this.compileObject(schema);
+    compiled = this.compileObject(schema, checkUnknownProperties);
     return compiled;
   }
 
-  private compileObject(schema: InternalTypeSchema): ObjectCheck {
+  private compileObject(schema: InternalTypeSchema, checkUnknownProperties: boolean): ObjectCheck {
     const inner = schema.innerTypes ?? [];
     const elements = Object.entries(schema.elements).map(([key, element]) => this.compileElement(key, element, schema.elements, inner));
     const known = new Set(Object.keys(schema.elements));
     const choicePrefixes = [...known].filter((k) => k.endsWith('[x]')).map((k) => k.slice(0, -3));
+    // Types each choice element allows (a profile narrows `value[x]` to CodeableConcept, say).
+    const allowed = new Map(choicePrefixes.map((p) => [p, new Set(schema.elements[`${p}[x]`].type.map((t) => t.code.toLowerCase()))]));
     const elementCheck = getDataType('Element');
 
     const visitElement = (obj: Record<string, unknown>, path: string, el: CompiledElement, walk: Walk) => {
@@ -316,8 +378,10 @@ export class ValidatorCompiler {
           if (!slot) continue;
           const value = p.obj[slot.key];
           const stepPath = `${p.path}.${el.steps[s]}`;
-          if (Array.isArray(value)) value.forEach((v, i) => v && typeof v === 'object' && next.push({ obj: v as Record<string, unknown>, path: `${stepPath}[${i}]` }));
-          else if (value && typeof value === 'object') next.push({ obj: value as Record<string, unknown>, path: stepPath });
+          // A primitive where a parent was expected has none of the children (as @medplum/core reads it).
+          const asParent = (v: unknown) => (v && typeof v === 'object' ? (v as Record<string, unknown>) : {});
+          if (Array.isArray(value)) value.forEach((v, i) => next.push({ obj: asParent(v), path: `${stepPath}[${i}]` }));
+          else if (value !== undefined && value !== null) next.push({ obj: asParent(value), path: stepPath });
         }
         parents = next;
       }
@@ -368,14 +432,20 @@ export class ValidatorCompiler {
         }
         if (el.allowedCodes && TERMINOLOGY_TYPES.has(type)) {
           const codes = codesOf(value, type);
-          const ok = type === 'code' ? codes.every((c) => el.allowedCodes!.has(c)) : codes.some((c) => el.allowedCodes!.has(c));
+          const ok = type === 'code' ? codes.every((c) => el.allowedBareCodes!.has(c)) : codes.some((c) => el.allowedCodes!.has(c));
           if (codes.length > 0 && !ok) {
             walk.issues.push({ severity: 'error', code: 'code-invalid', details: { text: `Value not in required value set ${el.bindingUrl}` }, expression: [itemPath()] });
           }
         }
         if (sliceCounts && slicing && value && typeof value === 'object') {
           const slice = matchSlice(value as Record<string, unknown>, type, slicing);
-          if (slice) sliceCounts.set(slice, sliceCounts.get(slice)! + 1);
+          if (slice) {
+            sliceCounts.set(slice, sliceCounts.get(slice)! + 1);
+            for (const check of el.sliceChecks.get(slice) ?? []) check(value as Record<string, unknown>, itemPath(), walk);
+          }
+        }
+        if (el.profileChecks.length > 0 && value && typeof value === 'object') {
+          for (const check of el.profileChecks) check(value as Record<string, unknown>, itemPath(), walk);
         }
         if (!primitive && value && typeof value === 'object' && !Array.isArray(value)) {
           if (type !== slotType) {
@@ -402,11 +472,18 @@ export class ValidatorCompiler {
 
     return (obj, path, walk) => {
       for (const el of elements) visitElement(obj, path, el, walk);
+      if (!checkUnknownProperties) return;
       for (const key in obj) {
         if (key === 'resourceType' || obj[key] === undefined) continue;
         const name = key.startsWith('_') ? key.slice(1) : key;
         if (known.has(name)) continue;
-        if (choicePrefixes.some((p) => name.startsWith(p) && name.length > p.length && name[p.length] === name[p.length].toUpperCase() && known.has(`${p}[x]`))) continue;
+        const prefix = choicePrefixes.find((p) => name.startsWith(p) && name.length > p.length && /[A-Z]/.test(name[p.length]));
+        if (prefix !== undefined) {
+          if (!allowed.get(prefix)!.has(name.slice(prefix.length).toLowerCase())) {
+            walk.issues.push(createStructureIssue(`${path}.${key}`, `Type ${name.slice(prefix.length)} is not allowed for ${prefix}[x]`));
+          }
+          continue;
+        }
         walk.issues.push(createStructureIssue(`${path}.${key}`, `Invalid additional property "${key}"`));
       }
     };

@@ -1,0 +1,82 @@
+import { getDataType, parseStructureDefinition, type InternalTypeSchema } from '@medplum/core';
+import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
+import { loadBaseDefinitions } from './base.ts';
+import { ValidatorCompiler } from './compiled.ts';
+import { ConformanceRegistry } from './registry.ts';
+
+export const PROFILES_DIR = new URL('../../profiles/', import.meta.url).pathname;
+
+/**
+ * Validates resources against base FHIR R4 and the profiles they claim in meta.profile (plus any a
+ * destination requires), with validators compiled once per profile.
+ */
+export class ResourceValidator {
+  private readonly registry: ConformanceRegistry;
+  private readonly compiler: ValidatorCompiler;
+  private readonly schemas = new Map<string, InternalTypeSchema>();
+
+  constructor(registry: ConformanceRegistry) {
+    loadBaseDefinitions();
+    this.registry = registry;
+    this.compiler = new ValidatorCompiler(
+      (url) => registry.expand(url),
+      (url) => this.schemaFor(url),
+    );
+  }
+
+  /** The trial's profiles from profiles/ and FHIR R4's terminology. */
+  static async load(dir = PROFILES_DIR): Promise<ResourceValidator> {
+    const registry = new ConformanceRegistry().addBaseTerminology();
+    await registry.addDirectory(dir);
+    return new ResourceValidator(registry);
+  }
+
+  knowsProfile(url: string): boolean {
+    return this.registry.profiles.has(url.split('|')[0]);
+  }
+
+  private schemaFor(url: string): InternalTypeSchema | undefined {
+    const key = url.split('|')[0];
+    let schema = this.schemas.get(key);
+    if (!schema) {
+      const sd = this.registry.profiles.get(key);
+      if (!sd) return undefined;
+      schema = parseStructureDefinition(sd);
+      this.schemas.set(key, schema);
+    }
+    return schema;
+  }
+
+  /** Issues of one resource: errors make it unfit to deliver; warnings are kept for the record. */
+  validate(resource: Resource, requiredProfiles: readonly string[] = []): OperationOutcomeIssue[] {
+    const profiles = [...new Set([...(resource.meta?.profile ?? []), ...requiredProfiles])];
+    const issues: OperationOutcomeIssue[] = [];
+    const seen = new Set<string>();
+    const add = (list: OperationOutcomeIssue[]) => {
+      for (const issue of list) {
+        const key = `${issue.severity}|${issue.expression?.[0]}|${issue.details?.text}`;
+        if (!seen.has(key)) {
+          seen.add(key);
+          issues.push(issue);
+        }
+      }
+    };
+    let profiled = false;
+    for (const url of profiles) {
+      const schema = this.schemaFor(url);
+      if (!schema) {
+        add([{ severity: 'error', code: 'not-supported', details: { text: `Unknown profile ${url}` }, expression: [resource.resourceType] }]);
+        continue;
+      }
+      if (schema.type !== resource.resourceType) {
+        add([{ severity: 'error', code: 'structure', details: { text: `Profile ${url} is for ${schema.type}, not ${resource.resourceType}` }, expression: [resource.resourceType] }]);
+        continue;
+      }
+      profiled = true;
+      add(this.compiler.validate(resource, schema));
+    }
+    // A profile's snapshot holds the base rules; without one the base type is the schema.
+    if (!profiled) add(this.compiler.validate(resource, getDataType(resource.resourceType)));
+    return issues;
+  }
+}
