@@ -89,4 +89,20 @@ describe('trialbridge CLI', () => {
     expect(result.stdout).toMatch(/FAIL site-a\.yaml case/);
     expect(result.stdout).toMatch(/\$\.resources\[\d+\]\.event\.coding\[0\]\.code: expected "10012735", got "99999999"/);
   });
+
+  it('validate: exit 0 on conforming bundles, exit 2 naming resource and location of each defect', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
+    const out = join(dir, 'out');
+    await trialbridge('map', '-m', 'mappings/site-a.yaml', FIXTURE, '-o', out, '--recorded', '2020-01-01T00:00:00Z');
+    const ok = await trialbridge('validate', join(out, 'site-a', 'bundle-0001.json'));
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toContain('11 resources validated, 0 with errors');
+    const corpus = JSON.parse(await readFile('test/validation-corpus/corpus.json', 'utf8')) as { id: string; expression: string; resource: unknown }[];
+    const picked = corpus.filter((c) => ['ae-grade-7-1', 'rt-dose-in-gy-1'].includes(c.id));
+    await writeFile(join(dir, 'bad.ndjson'), picked.map((c) => JSON.stringify(c.resource)).join('\n') + '\n');
+    const bad = await trialbridge('validate', join(dir, 'bad.ndjson'));
+    expect(bad.code).toBe(2);
+    for (const c of picked) expect(bad.stdout).toContain(`  ${c.expression}: `);
+    expect(bad.stdout).toContain('2 resources validated, 2 with errors');
+  });
 });

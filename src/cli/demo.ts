@@ -41,8 +41,8 @@ export function registerDemo(program: Command): void {
       console.log(`  resection or transplant ${pct(figures.surgery.subjects)}`);
       console.log(`  diarrhoea ${pct(figures.aeSubjectsByMeddraPt['10012735'] ?? 0)}; hand-foot skin reaction ${pct(figures.aeSubjectsByMeddraPt['10054524'] ?? 0)}`);
       console.log(`  median radiotherapy dose ${figures.medianRtDoseGy} Gy`);
-      console.log(`  median OS ${figures.km.os.medianMonths} months, PFS ${figures.km.pfs.medianMonths} months`);
-      console.log(`  portal trunk/first branch invasion (n=${figures.km.subgroupVp34.n}): OS ${figures.km.subgroupVp34.os.medianMonths}, PFS ${figures.km.subgroupVp34.pfs.medianMonths} months`);
+      console.log(`  median OS ${figures.km.os.medianMonths?.toFixed(1)} months, PFS ${figures.km.pfs.medianMonths?.toFixed(1)} months`);
+      console.log(`  portal trunk/first branch invasion (n=${figures.km.subgroupVp34.n}): OS ${figures.km.subgroupVp34.os.medianMonths?.toFixed(1)}, PFS ${figures.km.subgroupVp34.pfs.medianMonths?.toFixed(1)} months`);
       console.log(`\nBundles, summaries and rejects in ${options.out}/`);
     });
 }

@@ -5,6 +5,7 @@ import { registerCheckMapping } from './check-mapping.ts';
 import { registerDemo } from './demo.ts';
 import { registerMap } from './map.ts';
 import { registerTestMappings } from './test-mappings.ts';
+import { registerValidate } from './validate.ts';
 
 const program = new Command('trialbridge')
   .description('Maps clinical-trial site exports to FHIR R4 and delivers them to FHIR servers')
@@ -14,6 +15,7 @@ const program = new Command('trialbridge')
 registerMap(program);
 registerCheckMapping(program);
 registerTestMappings(program);
+registerValidate(program);
 registerDemo(program);
 
 try {

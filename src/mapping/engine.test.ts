@@ -156,6 +156,12 @@ describe('mapRecords', async () => {
       resource.resourceType === 'Procedure' ? [{ field: 'Procedure.code', reason: 'code is not allowed here' }] : [],
     );
     expect(result.problems).toEqual([expect.objectContaining({ field: 'Procedure.code', reason: expect.stringContaining('fails validation: code is not allowed here') })]);
+    const withOutcome = mapRecords(mapping, [rec('S1', 'DM', { SEX: 'M' }), rec('S1', 'RT', { DAY: '2016-01-01', DOSE: '60' })], (resource) =>
+      resource.resourceType === 'Procedure'
+        ? [{ field: 'Procedure.code', reason: 'bad', issue: { severity: 'error', code: 'structure', expression: ['Procedure.code'], details: { text: 'bad' } } }]
+        : [],
+    );
+    expect(withOutcome.problems[0].outcome).toEqual({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'structure', expression: ['Procedure.code'], details: { text: 'bad' } }] });
     expect(result.subjects[0].resources.map((r) => r.rule)).toEqual(['patient']);
   });
 });

@@ -1,4 +1,4 @@
-import type { Identifier, Meta, Resource } from '@medplum/fhirtypes';
+import type { Identifier, Meta, OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import type { RecordProblem, SourceRecord } from '../source/record.ts';
 import type { CompiledMapping, CompiledRule } from './compile.ts';
 import { FieldError } from './errors.ts';
@@ -23,7 +23,7 @@ export interface MappedSubject {
 }
 
 /** Checks a finished resource (profile validation); problems reject the records behind it. */
-export type ResourceCheck = (resource: Resource) => { field: string; reason: string }[];
+export type ResourceCheck = (resource: Resource) => { field: string; reason: string; issue?: OperationOutcomeIssue }[];
 
 export interface MappingResult {
   readonly subjects: MappedSubject[];
@@ -65,8 +65,10 @@ class SubjectMapper {
     this.check = check;
   }
 
-  private reject(record: SourceRecord, field: string, reason: string, value?: string): void {
-    if (!this.rejected.has(record)) this.rejected.set(record, problemFor(record, field, reason, value));
+  private reject(record: SourceRecord, field: string, reason: string, value?: string, issues?: OperationOutcomeIssue[]): void {
+    if (this.rejected.has(record)) return;
+    const problem = problemFor(record, field, reason, value);
+    this.rejected.set(record, issues?.length ? { ...problem, outcome: { resourceType: 'OperationOutcome', issue: issues } } : problem);
   }
 
   private context(record: SourceRecord, group?: readonly SourceRecord[]): EvalContext {
@@ -148,7 +150,8 @@ class SubjectMapper {
       const findings = this.check?.(instance.resource) ?? [];
       if (findings.length > 0) {
         instance.failed = true;
-        for (const record of instance.records) this.reject(record, findings[0].field, `${instance.rule.type} fails validation: ${findings.map((f) => f.reason).join('; ')}`);
+        const issues = findings.flatMap((f) => (f.issue ? [f.issue] : []));
+        for (const record of instance.records) this.reject(record, findings[0].field, `${instance.rule.type} fails validation: ${findings.map((f) => f.reason).join('; ')}`, undefined, issues);
       }
     } catch (err) {
       instance.failed = true;

@@ -1,3 +1,5 @@
+import type { OperationOutcome } from '@medplum/fhirtypes';
+
 /** One record of a site export, as every reader yields it, whatever the file shape. */
 export interface SourceRecord {
   /** Site the export came from (the mapping's `site`). */
@@ -29,6 +31,8 @@ export interface RecordProblem extends RecordLocation {
   readonly value?: string;
   readonly reason: string;
   readonly subject?: string;
+  /** For validation failures: the OperationOutcome of the resource the record fed. */
+  readonly outcome?: OperationOutcome;
 }
 
 export function describeProblem(p: RecordProblem): string {

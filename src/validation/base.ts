@@ -25,7 +25,7 @@ export function baseValidationIssues(resource: Resource): OperationOutcomeIssue[
 }
 
 /** The FHIRPath location of an issue (`AdverseEvent.extension[0].value`) and its sentence. */
-export function describeIssue(issue: OperationOutcomeIssue): { field: string; reason: string } {
+export function describeIssue(issue: OperationOutcomeIssue): { field: string; reason: string; issue: OperationOutcomeIssue } {
   const field = issue.expression?.[0] ?? issue.location?.[0] ?? '(resource)';
-  return { field, reason: `${field}: ${issue.details?.text ?? issue.diagnostics ?? issue.code}` };
+  return { field, reason: `${field}: ${issue.details?.text ?? issue.diagnostics ?? issue.code}`, issue };
 }
