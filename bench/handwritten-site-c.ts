@@ -25,6 +25,7 @@ const NCIT = 'http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl';
 const TRIAL_CS = 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/CodeSystem';
 const ARM = 'LD-CCRT then sorafenib';
 const AE_IG = 'http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition';
+const PROFILE_BASE = 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/StructureDefinition';
 
 /** Identifier system of a rule: `<namespace>:<site>:<rule>`, or `<namespace>:<rule>` for trial-wide rules. */
 export const systemOf = (rule: string, trialWide = false) => (trialWide ? `${NS}:${rule}` : `${NS}:${SITE}:${rule}`);
@@ -178,7 +179,7 @@ const IA_ROUTE = { system: SCT, code: '58100008', display: 'Intra-arterial route
 const ORAL_ROUTE = { system: SCT, code: '26643006', display: 'Oral route' };
 const PER_DAY = { value: 1, unit: 'd', system: UCUM, code: 'd' };
 
-interface Built {
+export interface Built {
   readonly rule: string;
   readonly type: string;
   readonly system: string;
@@ -194,11 +195,12 @@ function identity(rule: string, key: string, trialWide = false) {
   return { system, key, fullUrl: fullUrlFor(system, key) };
 }
 
-function head(type: string, id: { system: string; key: string }, single = false, extraIdentifiers: unknown[] = []): Record<string, unknown> {
+/** resourceType, meta (profile of the trial, tag with the business key), business identifier. */
+function head(type: string, profile: string, id: { system: string; key: string }, single = false, extraIdentifiers: unknown[] = []): Record<string, unknown> {
   const business = { use: 'official', system: id.system, value: id.key };
   return {
     resourceType: type,
-    meta: { tag: [{ system: id.system, code: id.key }] },
+    meta: { profile: [`${PROFILE_BASE}/${profile}`], tag: [{ system: id.system, code: id.key }] },
     identifier: single ? business : [business, ...extraIdentifiers],
   };
 }
@@ -212,7 +214,7 @@ interface SubjectRefs {
 
 function researchStudy(id: ReturnType<typeof identity>): Record<string, unknown> {
   return {
-    ...head('ResearchStudy', id, false, [{ system: 'urn:trialbridge:protocol', value: TRIAL_ID }]),
+    ...head('ResearchStudy', 'trial-research-study', id, false, [{ system: 'urn:trialbridge:protocol', value: TRIAL_ID }]),
     title: 'Liver-directed concurrent chemoradiotherapy followed by sorafenib for advanced hepatocellular carcinoma (phase 2)',
     status: 'completed',
     phase: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/research-study-phase', code: 'phase-2', display: 'Phase 2' }] },
@@ -222,7 +224,7 @@ function researchStudy(id: ReturnType<typeof identity>): Record<string, unknown>
 }
 
 function patient(id: ReturnType<typeof identity>, f: Readonly<Record<string, string>>): Record<string, unknown> {
-  const r = head('Patient', id);
+  const r = head('Patient', 'trial-patient', id);
   r.active = true;
   if (f.SEX !== undefined) {
     const gender = SEX[f.SEX.trim().toUpperCase()];
@@ -239,7 +241,7 @@ function patient(id: ReturnType<typeof identity>, f: Readonly<Record<string, str
 function condition(id: ReturnType<typeof identity>, f: Readonly<Record<string, string>>, refs: SubjectRefs): Record<string, unknown> {
   const onset = isoDate(f.DIAGDTC);
   const pvi = optionalLookup(PVI, 'portal-vein-invasion', f.PVI);
-  const r = head('Condition', id);
+  const r = head('Condition', 'trial-condition', id);
   r.clinicalStatus = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-clinical', code: 'active' }] };
   r.verificationStatus = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-ver-status', code: 'confirmed' }] };
   r.category = [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/condition-category', code: 'problem-list-item' }] }];
@@ -265,7 +267,7 @@ function researchSubject(id: ReturnType<typeof identity>, f: Readonly<Record<str
     }
     last = isoDate(contact) ?? isoDate(f.RFENDTC);
   }
-  const r = head('ResearchSubject', id);
+  const r = head('ResearchSubject', 'trial-research-subject', id);
   r.status = death !== undefined ? 'off-study' : 'follow-up';
   r.period = last !== undefined ? { start, end: last } : { start };
   r.study = { reference: refs.study };
@@ -277,7 +279,7 @@ function researchSubject(id: ReturnType<typeof identity>, f: Readonly<Record<str
 
 function port(id: ReturnType<typeof identity>, f: Readonly<Record<string, string>>, refs: SubjectRefs): Record<string, unknown> {
   const date = required(isoDate(f.PRSTDTC), 'PRSTDTC');
-  const r = head('Procedure', id);
+  const r = head('Procedure', 'trial-procedure', id);
   r.status = 'completed';
   r.code = {
     coding: [{ system: `${TRIAL_CS}/procedure`, code: 'hai-port-implantation', display: 'Implantation of a hepatic arterial infusion port' }],
@@ -300,7 +302,7 @@ function radiotherapy(id: ReturnType<typeof identity>, f: Readonly<Record<string
     if (!Number.isInteger(fractions) || fractions < 0) throw new BadValue(`'${f.PRFXNUM}' is not a whole number ≥ 0`);
   }
   const total = { url: 'totalDoseDelivered', valueQuantity: { value: cGy(dose, unit), unit: 'cGy', system: UCUM, code: 'cGy' } };
-  const r = head('Procedure', id);
+  const r = head('Procedure', 'trial-radiotherapy-course', id);
   r.extension =
     fractions === undefined
       ? [{ url: 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/StructureDefinition/radiotherapy-dose-delivered', extension: [total] }]
@@ -333,7 +335,7 @@ function medication(
   dosageText: string | undefined,
   refs: SubjectRefs,
 ): Record<string, unknown> {
-  const r = head('MedicationAdministration', id);
+  const r = head('MedicationAdministration', 'trial-medication-administration', id);
   r.status = 'completed';
   r.medicationCodeableConcept = { coding: [required(drug, 'EXTRT')] };
   r.subject = { reference: refs.patient };
@@ -352,7 +354,7 @@ function medication(
 function surgery(id: ReturnType<typeof identity>, f: Readonly<Record<string, string>>, refs: SubjectRefs): Record<string, unknown> {
   const procedure = optionalLookup(SURGERY, 'surgery', f.PRTRT);
   const date = isoDate(f.PRSTDTC);
-  const r = head('Procedure', id);
+  const r = head('Procedure', 'trial-procedure', id);
   r.status = 'completed';
   r.code = { coding: [required(procedure, 'PRTRT')] };
   r.subject = { reference: refs.patient };
@@ -367,6 +369,8 @@ function adverseEvent(id: ReturnType<typeof identity>, f: Readonly<Record<string
     const code = f.AEPTCD.trim();
     const hit = meddra.codes[code];
     event = hit ? { system: meddra.target, ...hit } : { system: meddra.target, code };
+    // A code the ConceptMap passes through keeps the site's own term (AEDECOD) as display.
+    if (!event.display && f.AEDECOD !== undefined) event.display = f.AEDECOD;
   }
   const grade = optionalLookup(GRADE, 'ctcae-grade', f.AETOXGR, false);
   const seriousness = optionalLookup(SERIOUSNESS, 'seriousness', f.AESER);
@@ -376,7 +380,7 @@ function adverseEvent(id: ReturnType<typeof identity>, f: Readonly<Record<string
   const end = isoDate(f.AEENDTC);
   const outcome = optionalLookup(OUTCOME, 'ae-outcome', f.AEOUT);
 
-  const r = head('AdverseEvent', id, true);
+  const r = head('AdverseEvent', 'trial-adverse-event', id, true);
   r.modifierExtension = [{ url: `${AE_IG}/status`, valueCode: end !== undefined ? 'completed' : 'in-progress' }];
   const extension: unknown[] = [{ url: `${AE_IG}/ae-grade`, valueCodeableConcept: { coding: [required(grade, 'AETOXGR')] } }];
   if (end !== undefined) extension.push({ url: `${AE_IG}/resolve-date`, valueDateTime: end });
@@ -401,7 +405,7 @@ function tumourResponse(id: ReturnType<typeof identity>, f: Readonly<Record<stri
   const response = optionalLookup(MRECIST, 'mrecist', f.RSSTRESC);
   const timepoint = lookup(TIMEPOINT, 'timepoint', f.VISIT !== undefined && f.VISIT.toUpperCase() === 'POST-CCRT WEEK 4' ? 'POST4W' : 'FOLLOW-UP');
   const date = isoDate(f.RSDTC);
-  const r = head('Observation', id);
+  const r = head('Observation', 'trial-tumour-response', id);
   r.extension = [
     { url: 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/StructureDefinition/assessment-timepoint', valueCodeableConcept: { coding: [timepoint] } },
   ];
@@ -423,7 +427,13 @@ function tumourResponse(id: ReturnType<typeof identity>, f: Readonly<Record<stri
 const upper = (v: string | undefined) => (v === undefined ? undefined : v.toUpperCase());
 
 /** Builds the resources of one subject, in the engine's order: rule by rule, records in export order. */
-function mapSubject(subject: string, records: readonly SourceRecord[], meddra: MeddraMap): Built[] | undefined {
+export interface SubjectResult {
+  readonly built: Built[];
+  /** Records rejected (they stay out of the Provenance; every other record of the subject is accounted for). */
+  readonly rejected: ReadonlySet<SourceRecord>;
+}
+
+function mapSubject(subject: string, records: readonly SourceRecord[], meddra: MeddraMap): SubjectResult | undefined {
   const dm: SourceRecord[] = [], ex: SourceRecord[] = [], pr: SourceRecord[] = [], ae: SourceRecord[] = [], rs: SourceRecord[] = [], ds: SourceRecord[] = [];
   for (const r of records) {
     switch (r.type) {
@@ -545,18 +555,16 @@ function mapSubject(subject: string, records: readonly SourceRecord[], meddra: M
     add('tumour-response', 'Observation', id, [r], () => tumourResponse(id, r.fields, refs));
   }
   // A record rejected by one resource takes down every resource it feeds.
-  return rejected.size === 0 ? out : out.filter((b) => !b.records.some((r) => rejected.has(r)));
+  return { built: rejected.size === 0 ? out : out.filter((b) => !b.records.some((r) => rejected.has(r))), rejected };
 }
 
 /** The subject's transaction bundle: one conditional update per resource, then the subject's Provenance. */
-export function bundleOf(subject: string, built: readonly Built[], subjectRecords: readonly SourceRecord[], recorded: string): Bundle {
+export function bundleOf(subject: string, built: readonly Built[], subjectRecords: readonly SourceRecord[], rejected: ReadonlySet<SourceRecord>, recorded: string): Bundle {
   const entry: BundleEntry[] = built.map((b) => ({
     fullUrl: b.fullUrl,
     resource: b.resource as unknown as Resource,
     request: { method: 'PUT', url: conditionalUrl(b.type, b.system, b.key) },
   }));
-  const used = new Set<SourceRecord>();
-  for (const b of built) for (const r of b.records) used.add(r);
   const system = `${NS}:${SITE}:provenance`;
   const provenance = {
     resourceType: 'Provenance',
@@ -572,7 +580,7 @@ export function bundleOf(subject: string, built: readonly Built[], subjectRecord
       },
     ],
     entity: subjectRecords
-      .filter((r) => used.has(r))
+      .filter((r) => !rejected.has(r))
       .map((r) => ({
         role: 'source',
         what: { identifier: { system: `${NS}:${SITE}:source`, value: `${r.file}#${r.row}` }, display: `${r.file} row ${r.row} (${r.type} ${r.key})` },
@@ -598,8 +606,8 @@ export function bySubject(records: readonly SourceRecord[]): Map<string, SourceR
 export function mapSiteC(records: readonly SourceRecord[], recorded: string, meddra: MeddraMap): Bundle[] {
   const bundles: Bundle[] = [];
   for (const [subject, list] of bySubject(records)) {
-    const built = mapSubject(subject, list, meddra);
-    if (built && built.length > 0) bundles.push(bundleOf(subject, built, list, recorded));
+    const result = mapSubject(subject, list, meddra);
+    if (result && result.built.length > 0) bundles.push(bundleOf(subject, result.built, list, result.rejected, recorded));
   }
   return bundles;
 }

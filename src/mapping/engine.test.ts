@@ -141,6 +141,15 @@ describe('mapRecords', async () => {
     expect(result.subjects[0].records.map((r) => r.type)).toEqual(['DM']);
   });
 
+  it('rejects the second of two records with the same record key instead of merging them', () => {
+    const first = rec('S1', 'RT', { DAY: '2016-01-01', DOSE: '60' });
+    const twin = { ...rec('S1', 'RT', { DAY: '2016-02-01', DOSE: '50' }), key: first.key };
+    const result = mapRecords(mapping, [rec('S1', 'DM', { SEX: 'M' }), first, twin]);
+    expect(result.problems).toEqual([expect.objectContaining({ row: twin.row, reason: expect.stringMatching(/already makes this rt/) })]);
+    const rt = result.subjects[0].resources.filter((r) => r.rule === 'rt');
+    expect(rt.map((r) => r.records.length)).toEqual([1]);
+  });
+
   it('refuses two records that claim the same business identifier', () => {
     const twin = await_compile_twin();
     return twin.then((m) => {

@@ -38,7 +38,8 @@ interface Instance {
   readonly identifier: { system: string; value: string };
   readonly fullUrl: string;
   resource?: Resource;
-  refs: Set<string>;
+  /** fullUrls the resource refers to (made on the first reference). */
+  refs: Set<string> | undefined;
   failed: boolean;
 }
 
@@ -78,13 +79,14 @@ class SubjectMapper {
   /** Phase 1: which resources exist (rule, key, identity), before any template runs, so references resolve. */
   private plan(): void {
     for (const rule of this.mapping.rules) {
-      const groups = new Map<string, SourceRecord[]>();
+      // Without groupBy each record is its own group (two rows with one key must clash, not merge).
+      const groups = new Map<string | SourceRecord, SourceRecord[]>();
       for (const record of this.records) {
         if (!rule.from.has(record.type) || this.rejected.has(record)) continue;
         try {
-          const ctx = this.context(record);
-          if (rule.when && !isTrue(rule.when.evaluate(ctx))) continue;
-          const groupKey = rule.groupBy ? text(rule.groupBy.evaluate(ctx)[0]) : record.key;
+          const ctx = rule.when || rule.groupBy ? this.context(record) : undefined;
+          if (rule.when && !isTrue(rule.when.evaluate(ctx!))) continue;
+          const groupKey = rule.groupBy ? text(rule.groupBy.evaluate(ctx!)[0]) : record;
           if (groupKey === undefined) throw new FieldError(rule.groupBy!.field, undefined, `no value to group ${rule.id} by`);
           const members = groups.get(groupKey);
           if (members) members.push(record);
@@ -94,7 +96,7 @@ class SubjectMapper {
         }
       }
       for (const [groupKey, members] of groups) {
-        let key = groupKey;
+        let key = typeof groupKey === 'string' ? groupKey : groupKey.key;
         try {
           if (rule.key) {
             const value = text(rule.key.evaluate(this.context(members[0], rule.groupBy ? members : undefined))[0]);
@@ -113,7 +115,7 @@ class SubjectMapper {
           continue;
         }
         const identifier = { system: rule.identifierSystem, value: key };
-        const instance: Instance = { rule, key, records: members, identifier, fullUrl: fullUrlFor(identifier.system, key), refs: new Set(), failed: false };
+        const instance: Instance = { rule, key, records: members, identifier, fullUrl: fullUrlFor(identifier.system, key), refs: undefined, failed: false };
         list.push(instance);
         this.byRule.set(rule.id, list);
         this.instances.push(instance);
@@ -130,7 +132,7 @@ class SubjectMapper {
     const candidates = this.byRule.get(rule)?.filter((i) => key === undefined || i.key === key) ?? [];
     const target = candidates.find((i) => !i.failed);
     if (target) {
-      from.refs.add(target.fullUrl);
+      (from.refs ??= new Set()).add(target.fullUrl);
       return { fullUrl: target.fullUrl };
     }
     return candidates.length > 0 ? { rejected: `the ${rule} resource` } : undefined;
@@ -138,7 +140,7 @@ class SubjectMapper {
 
   /** Phase 2: run templates; a failing record takes down every resource it feeds and every reference to those. */
   private build(instance: Instance): void {
-    instance.refs.clear();
+    instance.refs?.clear();
     const group = instance.rule.groupBy ? instance.records : undefined;
     const ctx = this.context(instance.records[0], group);
     ctx.declared = instance.rule.variables;
@@ -179,7 +181,7 @@ class SubjectMapper {
     this.plan();
     for (const instance of this.instances) this.build(instance);
     // Settle: drop resources of rejected records and resources that refer to dropped ones, until nothing changes.
-    let changed = true;
+    let changed = this.rejected.size > 0;
     while (changed) {
       changed = false;
       const dropped = new Set<string>();
@@ -191,12 +193,13 @@ class SubjectMapper {
         if (instance.failed) dropped.add(instance.fullUrl);
       }
       for (const instance of this.instances) {
-        if (instance.failed || ![...instance.refs].some((url) => dropped.has(url))) continue;
+        const refersToDropped = () => [...(instance.refs ?? [])].some((url) => dropped.has(url));
+        if (instance.failed || !refersToDropped()) continue;
         this.build(instance);
-        if (!instance.failed && [...instance.refs].some((url) => dropped.has(url))) instance.failed = true;
+        if (!instance.failed && refersToDropped()) instance.failed = true;
         if (instance.failed) {
           changed = true;
-          const target = this.instances.find((i) => dropped.has(i.fullUrl) && instance.refs.has(i.fullUrl));
+          const target = this.instances.find((i) => dropped.has(i.fullUrl) && instance.refs?.has(i.fullUrl));
           for (const record of instance.records) {
             this.reject(record, '(reference)', `depends on ${target ? `the ${target.rule.id} resource` : 'a resource'}, which was rejected`);
           }

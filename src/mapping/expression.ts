@@ -1,5 +1,6 @@
 import { parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
 import type { SourceRecord } from '../source/record.ts';
+import { FieldError } from './errors.ts';
 import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
 
 /**
@@ -11,7 +12,7 @@ export class EvalContext implements FastScope {
   readonly subjectRecords: readonly SourceRecord[];
   readonly group: readonly SourceRecord[] | undefined;
   /** Values a rule's `let` computed, by name (any JSON; FHIRPath sees the primitives). */
-  readonly lets = new Map<string, unknown>();
+  private letValues: Map<string, unknown> | undefined;
   /** Set by the engine: finds the resource a `$ref` points to. */
   resolver: ((rule: string, key: string | undefined) => { fullUrl: string } | { rejected: string } | undefined) | undefined;
   private readonly constants: ReadonlyMap<string, TypedValue>;
@@ -33,7 +34,7 @@ export class EvalContext implements FastScope {
   /** A context for another record of the same subject (aggregates over a group evaluate per member). */
   forRecord(record: SourceRecord): EvalContext {
     const ctx = new EvalContext(record, this.subjectRecords, this.constants, this.group);
-    for (const [k, v] of this.lets) ctx.lets.set(k, v);
+    if (this.letValues) for (const [k, v] of this.letValues) ctx.lets.set(k, v);
     ctx.resolver = this.resolver;
     ctx.declared = this.declared;
     return ctx;
@@ -45,7 +46,7 @@ export class EvalContext implements FastScope {
 
   /** A variable for the fast path: the same names and values the general engine gets. */
   variable(name: string): unknown {
-    if (this.lets.has(name)) return this.lets.get(name);
+    if (this.letValues?.has(name)) return this.letValues.get(name);
     const constant = this.constants.get(name);
     if (constant) return constant.value;
     switch (name) {
@@ -90,12 +91,18 @@ export class EvalContext implements FastScope {
       if (this.group) variables['%group'] = { type: 'BackboneElement', value: { all: this.group.map((g) => g.fields) } };
       // A let without a value (or one the site does not define) reads as empty, so `%end.exists()` is false.
       for (const name of this.declared) variables[`%${name}`] = { type: 'string', value: undefined };
-      for (const [name, value] of this.lets) {
+      for (const [name, value] of this.letValues ?? []) {
         variables[`%${name}`] = toTyped(value) ?? { type: 'string', value: undefined };
       }
       this.atomContext = { variables };
     }
     return this.atomContext;
+  }
+
+  /** Values a rule's `let` computed (made on first use: most records of most rules have none). */
+  get lets(): Map<string, unknown> {
+    this.letValues ??= new Map();
+    return this.letValues;
   }
 
   /** Variables the rule's expressions mention; they exist (empty) even when no let defines them. */
@@ -138,6 +145,15 @@ export interface CompiledExpression {
   /** Source field the expression reads first, to name in errors. */
   readonly field: string;
   evaluate(ctx: EvalContext): unknown[];
+  /** The single value (undefined when empty); more than one is a FieldError. No array on the hot path. */
+  one(ctx: EvalContext): unknown;
+}
+
+function singleValue(source: string, field: string, values: unknown[]): unknown {
+  if (values.length > 1) {
+    throw new FieldError(field, JSON.stringify(values), `expression '${source}' gave ${values.length} values where one is expected`);
+  }
+  return values[0];
 }
 
 const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -173,15 +189,17 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
         const value = ctx.record.fields[text];
         return value === undefined ? [] : [value];
       },
+      one: (ctx) => ctx.record.fields[text],
     };
   }
   if (SIMPLE_VARIABLE.test(text)) {
     const name = text.slice(1);
     const builtIn = BUILT_INS[name];
-    if (builtIn) return { source: text, field: text, evaluate: (ctx) => [builtIn(ctx.record)] };
+    if (builtIn) return { source: text, field: text, evaluate: (ctx) => [builtIn(ctx.record)], one: (ctx) => builtIn(ctx.record) };
     if (constants.has(name)) {
-      const value = [constants.get(name)];
-      return { source: text, field: text, evaluate: () => value };
+      const constant = constants.get(name);
+      const value = [constant];
+      return { source: text, field: text, evaluate: () => value, one: () => constant };
     }
     return {
       source: text,
@@ -190,15 +208,21 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
         const value = ctx.lets.get(name);
         return value === undefined || value === null ? [] : [value];
       },
+      one: (ctx) => ctx.lets.get(name) ?? undefined,
     };
   }
   const atom: FhirPathAtom = parseFhirPath(text);
   const general = (ctx: EvalContext) => atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value);
   const fast = compileFast(atom);
-  return {
+  const field = firstField(text);
+  let evaluate: (ctx: EvalContext) => unknown[];
+  const compiled: CompiledExpression = {
     source: text,
-    field: firstField(text),
-    evaluate: fast
+    field,
+    evaluate: (ctx) => evaluate(ctx),
+    one: (ctx) => singleValue(text, field, evaluate(ctx)),
+  };
+  evaluate = fast
       ? (ctx) => {
           try {
             return fast(ctx);
@@ -207,8 +231,8 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
             throw err;
           }
         }
-      : general,
-  };
+      : general;
+  return compiled;
 }
 
 /** FHIRPath truthiness of a result: a single `true`, or (per the spec's singleton rule) any non-empty non-boolean. */

@@ -49,13 +49,6 @@ function display(value: unknown): string | undefined {
   return typeof value === 'object' ? JSON.stringify(value) : String(value);
 }
 
-function single(expr: CompiledExpression, values: unknown[]): unknown {
-  if (values.length > 1) {
-    throw new FieldError(expr.field, display(values), `expression '${expr.source}' gave ${values.length} values where one is expected`);
-  }
-  return values[0];
-}
-
 function compare(a: unknown, b: unknown): number {
   if (typeof a === 'number' && typeof b === 'number') return a - b;
   return String(a) < String(b) ? -1 : String(a) > String(b) ? 1 : 0;
@@ -163,9 +156,8 @@ function compileExpr(env: CompileEnv, path: readonly string[], node: Record<stri
   if (as !== undefined && !coerce) env.issue([...path, 'as'], `unknown type '${as}' (one of ${Object.keys(TYPE_COERCIONS).join(', ')})`);
   if (!expr) return () => undefined;
   const producer = withAggregate(aggregateOption(env, path, node), (ctx) => {
-    const values = expr.evaluate(ctx);
-    if (values.length === 0) return missing;
-    const raw = single(expr, values);
+    const raw = expr.one(ctx);
+    if (raw === undefined || raw === null) return missing;
     if (!coerce) return raw;
     try {
       return coerce(raw);
@@ -184,9 +176,9 @@ function compileDate(env: CompileEnv, path: readonly string[], node: Record<stri
   const options: DateParseOptions = Array.isArray(node.formats) ? { ...env.dates, formats: node.formats as string[] } : env.dates;
   if (!expr) return () => undefined;
   const producer = withAggregate(aggregateOption(env, path, node), (ctx) => {
-    const values = expr.evaluate(ctx);
-    if (values.length === 0) return missing;
-    const raw = display(single(expr, values)) ?? '';
+    const value = expr.one(ctx);
+    if (value === undefined || value === null) return missing;
+    const raw = display(value) ?? '';
     try {
       const parsed = parseSourceDate(raw, options);
       return type === 'date' && parsed.precision === 'time' ? parsed.value.slice(0, 10) : parsed.value;
@@ -211,8 +203,7 @@ function compileMap(env: CompileEnv, path: readonly string[], node: Record<strin
   if (!['Coding', 'CodeableConcept', 'code'].includes(as as string)) env.issue([...path, 'as'], "must be 'Coding', 'CodeableConcept' or 'code'");
   if (!translation || !value) return () => undefined;
   const producer: Producer = (ctx) => {
-    const values = value.evaluate(ctx);
-    const raw = values.length === 0 ? undefined : display(single(value, values));
+    const raw = display(value.one(ctx));
     let coding: Coding | undefined;
     if (raw !== undefined) {
       try {
@@ -251,9 +242,8 @@ function compileQuantity(env: CompileEnv, path: readonly string[], node: Record<
   }
   if (!expr) return () => undefined;
   const producer = withAggregate(aggregateOption(env, path, node), (ctx) => {
-    const values = expr.evaluate(ctx);
-    if (values.length === 0) return missing;
-    const raw = single(expr, values);
+    const raw = expr.one(ctx);
+    if (raw === undefined || raw === null) return missing;
     const number = typeof raw === 'number' ? raw : Number(String(raw).trim());
     if (!Number.isFinite(number) || String(raw).trim() === '') {
       throw new FieldError(expr.field, display(raw), 'value is not a number');
