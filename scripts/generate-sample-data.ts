@@ -14,6 +14,7 @@ import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { stringify } from 'csv-stringify/sync';
 import { kaplanMeier, type SurvivalPoint } from '../src/report/kaplan-meier.ts';
+import type { SurvivalFigure, TrialFigures } from '../src/report/figures.ts';
 
 export const SEED = 20_190_417;
 const TRIAL = 'LDCCRT-HCC-P2';
@@ -594,25 +595,9 @@ function checkConsistency(subjects: Subject[]): void {
 // ---------------------------------------------------------------------------------------------------------
 // Figures (from the model, with exactly the definitions of examples/README.md)
 
-interface Survival {
-  n: number;
-  events: number;
-  medianMonths: number | null;
-}
-interface Figures {
-  subjects: number;
-  responsePost4w: number;
-  bestResponse: number;
-  surgery: { resection: number; transplant: number; subjects: number };
-  aeSubjectsByMeddraPt: Record<string, number>;
-  aeEvents: number;
-  aeEventsByGrade: Record<string, number>;
-  medianRtDoseGy: number | null;
-  rtDosesGy: number[];
-  sorafenibStarted: number;
-  deaths: number;
-  responseAssessments: number;
-  km: { os: Survival; pfs: Survival; subgroupVp34: { n: number; os: Survival; pfs: Survival } };
+// The same shape the report computes from FHIR: the expected aggregates are compared with it field by field.
+type Survival = SurvivalFigure;
+interface Figures extends TrialFigures {
   resources: Record<string, number>;
 }
 
