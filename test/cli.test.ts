@@ -104,5 +104,10 @@ describe('trialbridge CLI', () => {
     expect(bad.code).toBe(2);
     for (const c of picked) expect(bad.stdout).toContain(`  ${c.expression}: `);
     expect(bad.stdout).toContain('2 resources validated, 2 with errors');
+    // A destination's profile applies to resources of its type only: here the sponsor's pseudonymised Patient.
+    const sponsor = await trialbridge('validate', join(out, 'site-a', 'bundle-0001.json'), '--profile', 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/StructureDefinition/trial-patient-pseudonymised');
+    expect(sponsor.code).toBe(2);
+    expect(sponsor.stdout).toMatch(/entry \d+ \(Patient\):\n  Patient: Constraint tb-pat-1 not met/);
+    expect(sponsor.stdout).toContain('11 resources validated, 1 with errors');
   });
 });

@@ -11,6 +11,7 @@ interface MapOptions {
   ndjson?: boolean;
   validate: boolean;
   recorded?: string;
+  profile?: string[];
 }
 
 export function registerMap(program: Command): void {
@@ -23,11 +24,12 @@ export function registerMap(program: Command): void {
     .option('--ndjson', 'write all bundles to one NDJSON file')
     .option('--no-validate', 'skip validation of the resources')
     .option('--recorded <instant>', 'Provenance.recorded (default: newest modification time of the inputs)')
+    .option('-p, --profile <url...>', "profiles every resource must also meet (a destination's)")
     .action(async (inputs: string[], options: MapOptions) => {
       const mapping = await compileMapping(await loadMapping(options.mapping));
       const recorded = options.recorded ?? (await defaultRecorded(inputs));
       const bar = progress(`mapping ${mapping.site}`);
-      const mapped = await mapExport(mapping, inputs, { recorded, validate: options.validate, onSubject: bar.update });
+      const mapped = await mapExport(mapping, inputs, { recorded, validate: options.validate, requiredProfiles: options.profile, onSubject: bar.update });
       bar.stop();
       await writeMappedExport(options.out, mapped, options.ndjson ?? false);
       console.log(formatSummary(mapped));

@@ -62,12 +62,15 @@ export class ResourceValidator {
       }
     };
     let profiled = false;
+    const claimed = new Set(resource.meta?.profile ?? []);
     for (const url of profiles) {
       const schema = this.schemaFor(url);
       if (!schema) {
         add([{ severity: 'error', code: 'not-supported', details: { text: `Unknown profile ${url}` }, expression: [resource.resourceType] }]);
         continue;
       }
+      // A destination's profiles apply to the resources of their type; a resource's own claim must fit it.
+      if (schema.type !== resource.resourceType && !claimed.has(url)) continue;
       if (schema.type !== resource.resourceType) {
         add([{ severity: 'error', code: 'structure', details: { text: `Profile ${url} is for ${schema.type}, not ${resource.resourceType}` }, expression: [resource.resourceType] }]);
         continue;
