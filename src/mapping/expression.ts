@@ -1,7 +1,17 @@
-import { parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
+import { evalFhirPathTyped, parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
 import type { SourceRecord } from '../source/record.ts';
 import { FieldError } from './errors.ts';
 import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
+
+/** Record facts every expression can read as variables (`%site`, `%row`, ...). */
+const BUILT_INS: Record<string, (r: SourceRecord) => unknown> = {
+  site: (r) => r.site,
+  subjectKey: (r) => r.subject,
+  recordKey: (r) => r.key,
+  recordType: (r) => r.type,
+  file: (r) => r.file,
+  row: (r) => r.row,
+};
 
 /**
  * Everything an expression can see while one resource is built: the record's fields as the FHIRPath input,
@@ -49,24 +59,10 @@ export class EvalContext implements FastScope {
     if (this.letValues?.has(name)) return this.letValues.get(name);
     const constant = this.constants.get(name);
     if (constant) return constant.value;
-    switch (name) {
-      case 'site':
-        return this.record.site;
-      case 'subjectKey':
-        return this.record.subject;
-      case 'recordKey':
-        return this.record.key;
-      case 'recordType':
-        return this.record.type;
-      case 'file':
-        return this.record.file;
-      case 'row':
-        return this.record.row;
-      case 'subject':
-        return byType(this.subjectRecords);
-      case 'group':
-        return this.group ? { all: this.group.map((g) => g.fields) } : undefined;
-    }
+    const builtIn = BUILT_INS[name];
+    if (builtIn) return builtIn(this.record);
+    if (name === 'subject') return byType(this.subjectRecords);
+    if (name === 'group') return this.group ? { all: this.group.map((g) => g.fields) } : undefined;
     if (this.declared.includes(name)) return undefined;
     throw new Error(`Undefined variable %${name}`);
   }
@@ -80,13 +76,7 @@ export class EvalContext implements FastScope {
     if (!this.atomContext) {
       const variables: Record<string, TypedValue> = {};
       for (const [name, value] of this.constants) variables[`%${name}`] = value;
-      const r = this.record;
-      variables['%site'] = { type: 'string', value: r.site };
-      variables['%subjectKey'] = { type: 'string', value: r.subject };
-      variables['%recordKey'] = { type: 'string', value: r.key };
-      variables['%recordType'] = { type: 'string', value: r.type };
-      variables['%file'] = { type: 'string', value: r.file };
-      variables['%row'] = { type: 'integer', value: r.row };
+      for (const [name, read] of Object.entries(BUILT_INS)) variables[`%${name}`] = toTyped(read(this.record))!;
       variables['%subject'] = { type: 'BackboneElement', value: byType(this.subjectRecords) };
       if (this.group) variables['%group'] = { type: 'BackboneElement', value: { all: this.group.map((g) => g.fields) } };
       // A let without a value (or one the site does not define) reads as empty, so `%end.exists()` is false.
@@ -158,15 +148,6 @@ function singleValue(source: string, field: string, values: unknown[]): unknown 
 
 const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SIMPLE_VARIABLE = /^%[A-Za-z_][A-Za-z0-9_]*$/;
-const BUILT_INS: Record<string, (r: SourceRecord) => unknown> = {
-  site: (r) => r.site,
-  subjectKey: (r) => r.subject,
-  recordKey: (r) => r.key,
-  recordType: (r) => r.type,
-  file: (r) => r.file,
-  row: (r) => r.row,
-};
-
 /** First identifier the expression navigates from its input, for error messages. */
 function firstField(expression: string): string {
   const stripped = expression.replace(/'(?:[^'\\]|\\.)*'/g, "''");
@@ -212,7 +193,7 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
     };
   }
   const atom: FhirPathAtom = parseFhirPath(text);
-  const general = (ctx: EvalContext) => atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value);
+  const general = (ctx: EvalContext) => evalFhirPathTyped(atom, ctx.input, ctx.fhirPathContext.variables).map((t) => t.value);
   const fast = compileFast(atom);
   const field = firstField(text);
   let evaluate: (ctx: EvalContext) => unknown[];

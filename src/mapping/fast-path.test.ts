@@ -1,4 +1,4 @@
-import { parseFhirPath } from '@medplum/core';
+import { evalFhirPathTyped, parseFhirPath } from '@medplum/core';
 import { describe, expect, it } from 'vitest';
 import type { SourceRecord } from '../source/record.ts';
 import { EvalContext, toTyped } from './expression.ts';
@@ -66,7 +66,7 @@ describe('FHIRPath fast path', () => {
     const atom = parseFhirPath(expression);
     const fast = compileFast(atom);
     const ctx = context();
-    const general = atom.eval(ctx.fhirPathContext, ctx.input).map((t) => t.value);
+    const general = evalFhirPathTyped(atom, ctx.input, ctx.fhirPathContext.variables).map((t) => t.value);
     expect(fast, 'expression should compile to the fast path').toBeDefined();
     let result: unknown[];
     try {
