@@ -1,6 +1,6 @@
 import type { ResourceType } from '@medplum/fhirtypes';
 import { MappingError, type MappingIssue } from './errors.ts';
-import { compileExpression, toTyped, type CompiledExpression } from './expression.ts';
+import { BUILT_IN_VARIABLES, compileExpression, toTyped, type CompiledExpression } from './expression.ts';
 import { resolveFromLayer, type LoadedMapping } from './load.ts';
 import { compileNode, type CompileEnv, type Producer } from './template.ts';
 import { conceptMapTranslation, valueMapTranslation, type CodeTranslation } from './terminology.ts';
@@ -22,7 +22,6 @@ export interface CompiledRule {
   readonly variables: readonly string[];
 }
 
-const BUILT_IN_VARIABLES = new Set(['site', 'subjectKey', 'recordKey', 'recordType', 'file', 'row', 'subject', 'group', 'trialId', 'ucum', 'sct', 'loinc']);
 
 /** `%name` tokens in every string of a rule (outside quoted literals). */
 function variablesOf(node: unknown, constants: ReadonlyMap<string, unknown>, out = new Set<string>()): Set<string> {

@@ -13,6 +13,9 @@ const BUILT_INS: Record<string, (r: SourceRecord) => unknown> = {
   row: (r) => r.row,
 };
 
+/** Every variable name the engine defines itself (FHIRPath's own %ucum, %sct, %loinc included). */
+export const BUILT_IN_VARIABLES: ReadonlySet<string> = new Set([...Object.keys(BUILT_INS), 'subject', 'group', 'ucum', 'sct', 'loinc']);
+
 /**
  * Everything an expression can see while one resource is built: the record's fields as the FHIRPath input,
  * and variables (%site, %subjectKey, %recordKey, %recordType, %file, %row, %subject, %group, constants, lets).
