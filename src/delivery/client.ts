@@ -1,0 +1,190 @@
+import type { OperationOutcome } from '@medplum/fhirtypes';
+import { classifyStatus } from './retry.ts';
+
+export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
+/** What the auth hook sees of a request about to be sent. */
+export interface AuthRequest {
+  readonly method: HttpMethod;
+  readonly url: string;
+}
+
+/** Headers to add to a request (e.g. `Authorization`); called before every attempt. */
+export type AuthHook = (request: AuthRequest) => Promise<Record<string, string>> | Record<string, string>;
+
+/** The shape of the auth module's strategies (src/delivery/auth): headers plus a 401 hook. */
+export interface AuthProvider {
+  headers(request?: AuthRequest): Promise<Record<string, string>>;
+  onUnauthorized?(rejected?: Record<string, string>): Promise<void> | void;
+}
+
+export interface FhirClientOptions {
+  /** The server's base URL (`https://host/fhir/R4`); request paths are relative to it. */
+  readonly baseUrl: string;
+  /** Per-attempt timeout in ms, response body included (default 30 s). */
+  readonly timeoutMs?: number;
+  /** A hook giving the auth headers, or an auth strategy (whose `onUnauthorized` is used unless given below). */
+  readonly auth?: AuthHook | AuthProvider;
+  /**
+   * Called once when the server answers 401 (drop cached tokens, refresh), with the headers the refused request
+   * carried; the request is then sent once more with fresh headers from `auth`. A second 401 is an error.
+   */
+  readonly onUnauthorized?: (rejected?: Record<string, string>) => Promise<void> | void;
+  /** Extra headers on every request. */
+  readonly headers?: Record<string, string>;
+  /** The fetch to use (default the global one). */
+  readonly fetch?: typeof fetch;
+}
+
+export interface FhirResponse<T = unknown> {
+  readonly status: number;
+  /** The parsed JSON body, or undefined when there was none. */
+  readonly body: T | undefined;
+  readonly headers: Headers;
+}
+
+export interface RequestOptions {
+  readonly headers?: Record<string, string>;
+  readonly signal?: AbortSignal;
+}
+
+const FHIR_JSON = 'application/fhir+json';
+
+function isOperationOutcome(body: unknown): body is OperationOutcome {
+  return typeof body === 'object' && body !== null && (body as { resourceType?: unknown }).resourceType === 'OperationOutcome';
+}
+
+/** The readable text of an OperationOutcome: each issue's details text or diagnostics, with its location. */
+export function outcomeText(outcome: OperationOutcome | undefined): string {
+  return (outcome?.issue ?? [])
+    .map((issue) => {
+      const text = issue.details?.text ?? issue.diagnostics ?? issue.code;
+      const extra = issue.details?.text && issue.diagnostics && issue.diagnostics !== issue.details.text ? ` (${issue.diagnostics})` : '';
+      const where = issue.expression?.length ? ` at ${issue.expression.join(', ')}` : '';
+      return `${text}${extra}${where}`;
+    })
+    .filter((t) => t !== '')
+    .join('; ');
+}
+
+/** A response with status 400 or more. */
+export class FhirHttpError extends Error {
+  override readonly name = 'FhirHttpError';
+  readonly status: number;
+  readonly method: HttpMethod;
+  readonly url: string;
+  /** The server's OperationOutcome, when the body was one. */
+  readonly outcome: OperationOutcome | undefined;
+  /** The parsed body (or its text when not JSON). */
+  readonly body: unknown;
+  /** Whether trying again later may succeed (408, 429, 5xx). */
+  readonly retryable: boolean;
+  /** The Retry-After header, verbatim. */
+  readonly retryAfter: string | undefined;
+
+  constructor(init: { status: number; statusText?: string; method: HttpMethod; url: string; body: unknown; retryAfter?: string }) {
+    const outcome = isOperationOutcome(init.body) ? init.body : undefined;
+    const detail = outcomeText(outcome) || (typeof init.body === 'string' ? init.body.slice(0, 500) : '');
+    super(`${init.method} ${init.url} failed with HTTP ${init.status}${init.statusText ? ` ${init.statusText}` : ''}${detail ? `: ${detail}` : ''}`);
+    this.status = init.status;
+    this.method = init.method;
+    this.url = init.url;
+    this.outcome = outcome;
+    this.body = init.body;
+    this.retryable = classifyStatus(init.status) === 'retry';
+    this.retryAfter = init.retryAfter;
+  }
+}
+
+/** A JSON-speaking client of one FHIR destination. Attempts once; retrying is the caller's policy. */
+export class FhirClient {
+  readonly baseUrl: string;
+  readonly timeoutMs: number;
+  readonly #options: FhirClientOptions;
+  readonly #fetch: typeof fetch;
+  readonly #auth: AuthHook | undefined;
+  readonly #onUnauthorized: ((rejected?: Record<string, string>) => Promise<void> | void) | undefined;
+
+  constructor(options: FhirClientOptions) {
+    const auth = options.auth;
+    if (typeof auth === 'function') this.#auth = auth;
+    else if (auth) this.#auth = (request) => auth.headers(request);
+    this.#onUnauthorized = options.onUnauthorized ?? (auth && typeof auth !== 'function' && auth.onUnauthorized ? (rejected) => auth.onUnauthorized!(rejected) : undefined);
+    this.baseUrl = options.baseUrl.replace(/\/+$/, '');
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.#options = options;
+    this.#fetch = options.fetch ?? globalThis.fetch;
+  }
+
+  /** The absolute URL of a path relative to the base ('' is the base itself, for transactions). */
+  url(path: string): string {
+    if (/^https?:\/\//i.test(path)) return path;
+    if (path === '' || path === '/') return this.baseUrl;
+    return `${this.baseUrl}/${path.replace(/^\/+/, '')}`;
+  }
+
+  get<T = unknown>(path: string, options?: RequestOptions): Promise<FhirResponse<T>> {
+    return this.request<T>('GET', path, undefined, options);
+  }
+
+  post<T = unknown>(path: string, body: unknown, options?: RequestOptions): Promise<FhirResponse<T>> {
+    return this.request<T>('POST', path, body, options);
+  }
+
+  put<T = unknown>(path: string, body: unknown, options?: RequestOptions): Promise<FhirResponse<T>> {
+    return this.request<T>('PUT', path, body, options);
+  }
+
+  /**
+   * Sends one request (twice when a 401 makes `onUnauthorized` refresh the credentials). Resolves for statuses
+   * below 400; rejects with FhirHttpError otherwise, or with the network / timeout error.
+   */
+  async request<T = unknown>(method: HttpMethod, path: string, body?: unknown, options: RequestOptions = {}): Promise<FhirResponse<T>> {
+    const url = this.url(path);
+    let response = await this.#send<T>(method, url, body, options);
+    if (response.status === 401 && this.#onUnauthorized) {
+      await this.#onUnauthorized(response.authHeaders);
+      response = await this.#send<T>(method, url, body, options);
+    }
+    if (response.status >= 400) {
+      throw new FhirHttpError({
+        status: response.status,
+        statusText: response.statusText,
+        method,
+        url,
+        body: response.body ?? (response.text.trim() === '' ? undefined : response.text),
+        retryAfter: response.headers.get('retry-after') ?? undefined,
+      });
+    }
+    return { status: response.status, body: response.body, headers: response.headers };
+  }
+
+  async #send<T>(method: HttpMethod, url: string, body: unknown, options: RequestOptions): Promise<FhirResponse<T> & { statusText: string; text: string; authHeaders: Record<string, string> }> {
+    const timeout = AbortSignal.timeout(this.timeoutMs);
+    const signal = options.signal ? AbortSignal.any([options.signal, timeout]) : timeout;
+    const headers: Record<string, string> = { accept: FHIR_JSON, ...this.#options.headers };
+    if (body !== undefined) headers['content-type'] = `${FHIR_JSON}; charset=utf-8`;
+    const authHeaders = this.#auth ? await this.#auth({ method, url }) : {};
+    Object.assign(headers, authHeaders);
+    Object.assign(headers, options.headers);
+    const response = await this.#fetch(url, {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal,
+    });
+    // The body is read under the same timeout: a server that stalls mid-body times out too.
+    const text = await response.text();
+    return { status: response.status, statusText: response.statusText, headers: response.headers, authHeaders, text, body: parseJson(text) as T | undefined };
+  }
+}
+
+/** The body as JSON; undefined when empty or not JSON. */
+function parseJson(text: string): unknown {
+  if (text.trim() === '') return undefined;
+  try {
+    return JSON.parse(text) as unknown;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,504 @@
+import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { inspect } from 'node:util';
+import { Ajv, type ErrorObject } from 'ajv';
+import addFormats from 'ajv-formats';
+import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
+import type { AuthConfig } from './auth/index.ts';
+import { parsePrivateKey } from './auth/smart-backend-services.ts';
+
+/**
+ * A resolved secret. It prints as `[secret]` in logs, JSON and util.inspect; only `reveal()` gives the value,
+ * and only the auth strategies and the pseudonymiser call it.
+ */
+export class Secret {
+  readonly #value: string;
+  /** Where it came from (`env TB_TOKEN`, `file secrets/token`): safe to log. */
+  readonly source: string;
+
+  constructor(value: string, source: string) {
+    this.#value = value;
+    this.source = source;
+  }
+
+  reveal(): string {
+    return this.#value;
+  }
+
+  toString(): string {
+    return '[secret]';
+  }
+
+  toJSON(): string {
+    return '[secret]';
+  }
+
+  [inspect.custom](): string {
+    return `Secret(${this.source})`;
+  }
+}
+
+export type DestinationKind = 'hospital' | 'registry' | 'sponsor';
+
+export interface Destination {
+  /** Unique id, used in logs, queues and state. */
+  readonly name: string;
+  readonly kind: DestinationKind;
+  /** FHIR base URL (no trailing slash). */
+  readonly baseUrl: string;
+  /** Sites whose subjects it receives. */
+  readonly sites: '*' | readonly string[];
+  /** Resource types it receives (allow-list). */
+  readonly resourceTypes: '*' | readonly string[];
+  /** Profiles every resource sent to it must also meet (validated before delivery). */
+  readonly profiles: readonly string[];
+  /** Entries per transaction (a larger bundle is split unless `atomic`). */
+  readonly maxEntries: number;
+  /** A subject's bundle goes in one transaction or not at all: never split. */
+  readonly atomic: boolean;
+  /** Whether the server takes transaction bundles: `detect` asks its CapabilityStatement. */
+  readonly transactions: boolean | 'detect';
+  /** Requests in flight at once. */
+  readonly concurrency: number;
+  /** At most `max` requests per `perMs` milliseconds. */
+  readonly rateLimit?: { readonly max: number; readonly perMs: number };
+  /** Timeout of one request. */
+  readonly timeoutMs: number;
+  readonly retry: { readonly attempts: number; readonly baseMs: number; readonly maxMs: number };
+  /** Stop sending for `openMs` after `failures` consecutive failures. */
+  readonly circuitBreaker: { readonly failures: number; readonly openMs: number };
+  /** Bundles are pseudonymised (pseudonymise.ts) before they leave; default true for sponsors. */
+  readonly pseudonymise: boolean;
+  /** HMAC key of the pseudonyms; present exactly when `pseudonymise`. */
+  readonly pseudonymisationKey?: Secret;
+  readonly auth: AuthConfig;
+  /** Where it is defined, for messages. */
+  readonly source: { readonly file: string; readonly line?: number };
+}
+
+/** One problem in a destinations file. */
+export interface DestinationIssue {
+  readonly file: string;
+  readonly line?: number;
+  /** Dotted key path, e.g. `destinations.2.auth.clientSecret`. */
+  readonly key: string;
+  /** The destination's name when known. */
+  readonly destination?: string;
+  readonly message: string;
+}
+
+export class DestinationConfigError extends Error {
+  readonly issues: readonly DestinationIssue[];
+  constructor(issues: DestinationIssue[]) {
+    super(issues.map(formatDestinationIssue).join('\n'));
+    this.name = 'DestinationConfigError';
+    this.issues = issues;
+  }
+}
+
+export function formatDestinationIssue(issue: DestinationIssue): string {
+  const where = issue.line ? `${issue.file}:${issue.line}` : issue.file;
+  const who = issue.destination ? ` (destination '${issue.destination}')` : '';
+  return `${where}: ${issue.key || '(top level)'}${who}: ${issue.message}`;
+}
+
+export const DEFAULTS = {
+  maxEntries: 50,
+  atomic: false,
+  transactions: 'detect',
+  concurrency: 4,
+  timeoutMs: 30_000,
+  retry: { attempts: 5, baseMs: 500, maxMs: 30_000 },
+  circuitBreaker: { failures: 5, openMs: 60_000 },
+} as const;
+
+const SECRET_REF = { $ref: '#/$defs/secret' };
+const positiveInt = { type: 'integer', minimum: 1 };
+const httpUrl = { type: 'string', format: 'uri', pattern: '^https?://' };
+
+/** JSON Schema of a destinations file. */
+export const destinationsSchema = {
+  $id: 'https://trialbridge.dev/schema/destinations.json',
+  type: 'object',
+  required: ['destinations'],
+  additionalProperties: false,
+  properties: {
+    destinations: { type: 'array', minItems: 1, items: { $ref: '#/$defs/destination' } },
+  },
+  $defs: {
+    secret: {
+      description: 'A secret is never written in the file: { env: NAME } or { file: path } (relative to this file)',
+      type: 'object',
+      minProperties: 1,
+      maxProperties: 1,
+      additionalProperties: false,
+      properties: {
+        env: { type: 'string', pattern: '^[A-Za-z_][A-Za-z0-9_]*$' },
+        file: { type: 'string', minLength: 1 },
+      },
+    },
+    destination: {
+      type: 'object',
+      required: ['name', 'kind', 'baseUrl', 'sites', 'auth'],
+      additionalProperties: false,
+      properties: {
+        name: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]*$', maxLength: 64 },
+        kind: { enum: ['hospital', 'registry', 'sponsor'] },
+        baseUrl: httpUrl,
+        sites: {
+          anyOf: [
+            { const: '*' },
+            { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^([a-z0-9][a-z0-9-]*|\\*)$' } },
+          ],
+        },
+        resourceTypes: {
+          anyOf: [
+            { const: '*' },
+            { type: 'array', minItems: 1, uniqueItems: true, items: { type: 'string', pattern: '^[A-Z][A-Za-z]+$' } },
+          ],
+        },
+        profiles: { type: 'array', uniqueItems: true, items: { type: 'string', format: 'uri' } },
+        maxEntries: positiveInt,
+        atomic: { type: 'boolean' },
+        transactions: { enum: [true, false, 'detect'] },
+        concurrency: { type: 'integer', minimum: 1, maximum: 64 },
+        rateLimit: {
+          type: 'object',
+          required: ['max', 'perMs'],
+          additionalProperties: false,
+          properties: { max: positiveInt, perMs: positiveInt },
+        },
+        timeoutMs: { type: 'integer', minimum: 100 },
+        retry: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { attempts: positiveInt, baseMs: { type: 'integer', minimum: 0 }, maxMs: { type: 'integer', minimum: 0 } },
+        },
+        circuitBreaker: {
+          type: 'object',
+          additionalProperties: false,
+          properties: { failures: positiveInt, openMs: positiveInt },
+        },
+        pseudonymise: { type: 'boolean' },
+        pseudonymisationKey: SECRET_REF,
+        auth: {
+          type: 'object',
+          required: ['type'],
+          discriminator: { propertyName: 'type' },
+          oneOf: [
+            { properties: { type: { const: 'none' } }, additionalProperties: false },
+            {
+              required: ['token'],
+              additionalProperties: false,
+              properties: { type: { const: 'bearer' }, token: SECRET_REF },
+            },
+            {
+              required: ['username', 'password'],
+              additionalProperties: false,
+              properties: {
+                type: { const: 'basic' },
+                username: { type: 'string', minLength: 1, pattern: '^[^:]*$' },
+                password: SECRET_REF,
+              },
+            },
+            {
+              required: ['tokenUrl', 'clientId', 'clientSecret'],
+              additionalProperties: false,
+              properties: {
+                type: { const: 'oauth2-client-credentials' },
+                tokenUrl: httpUrl,
+                clientId: { type: 'string', minLength: 1 },
+                clientSecret: SECRET_REF,
+                scope: { type: 'string', minLength: 1 },
+                clientAuth: { enum: ['basic', 'body'] },
+              },
+            },
+            {
+              required: ['tokenUrl', 'clientId', 'privateKey', 'alg', 'scope'],
+              additionalProperties: false,
+              properties: {
+                type: { const: 'smart-backend-services' },
+                tokenUrl: httpUrl,
+                clientId: { type: 'string', minLength: 1 },
+                privateKey: SECRET_REF,
+                alg: { enum: ['RS384', 'ES384'] },
+                kid: { type: 'string', minLength: 1 },
+                jku: httpUrl,
+                scope: { type: 'string', minLength: 1 },
+              },
+            },
+          ],
+        },
+      },
+    },
+  },
+} as const;
+
+const ajv = new Ajv({ allErrors: true, strict: false, discriminator: true });
+// ajv-formats is CommonJS: its default import is module.exports, whose `default` is the plugin.
+addFormats.default(ajv, ['uri']);
+const validateFile = ajv.compile(destinationsSchema);
+
+const SECRET_MESSAGE = 'a secret must be { env: NAME } or { file: path }; secrets are never written in the config';
+
+function displayPath(path: string): string {
+  const rel = relative(process.cwd(), path);
+  return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
+}
+
+/** Line of the key (or its nearest existing parent) at a path of the document. */
+function lineOf(doc: Document, lines: LineCounter, path: readonly (string | number)[]): number | undefined {
+  for (let depth = path.length; depth >= 1; depth--) {
+    const parent = depth === 1 ? doc.contents : doc.getIn(path.slice(0, depth - 1), true);
+    const last = path[depth - 1];
+    if (isMap(parent)) {
+      const pair = parent.items.find((p) => isScalar(p.key) && String(p.key.value) === String(last));
+      if (pair && isScalar(pair.key) && pair.key.range) return lines.linePos(pair.key.range[0]).line;
+    } else if (isSeq(parent)) {
+      const item = parent.items[Number(last)] as { range?: [number, number, number] } | undefined;
+      if (item?.range) return lines.linePos(item.range[0]).line;
+    }
+  }
+  const range = (doc.contents as { range?: [number, number, number] } | null)?.range;
+  return range ? lines.linePos(range[0]).line : undefined;
+}
+
+interface RawDestination extends Record<string, unknown> {
+  name: string;
+  kind: DestinationKind;
+  baseUrl: string;
+  auth: Record<string, unknown> & { type: AuthConfig['type'] };
+}
+
+const SECRET_FIELDS: Record<string, readonly string[]> = {
+  none: [],
+  bearer: ['token'],
+  basic: ['password'],
+  'oauth2-client-credentials': ['clientSecret'],
+  'smart-backend-services': ['privateKey'],
+};
+
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host);
+}
+
+/** Problems with a URL that the schema cannot see: credentials in it, clear text to a remote host. */
+function urlProblem(value: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return 'is not a valid URL';
+  }
+  if (url.username || url.password) return 'must not contain credentials (use auth with { env } or { file })';
+  if (url.protocol === 'http:' && !isLoopback(url.hostname)) return 'must use https (http is only allowed to localhost)';
+  if (url.hash) return 'must not have a #fragment';
+  return undefined;
+}
+
+/**
+ * Loads a destinations file (YAML or JSON), validates it and resolves every secret from the environment or
+ * from files (relative to the config file). Throws DestinationConfigError naming file, line and key; no
+ * message ever contains a secret's value.
+ */
+export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.env): Destination[] {
+  const absolute = resolve(path);
+  const file = displayPath(absolute);
+  let text: string;
+  try {
+    text = readFileSync(absolute, 'utf8');
+  } catch (err) {
+    throw new DestinationConfigError([{ file, key: '', message: `cannot read destinations file (${(err as NodeJS.ErrnoException).code})` }]);
+  }
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true });
+  if (doc.errors.length > 0) {
+    // Only the first line of the parser's message: the rest quotes the source, which may hold a pasted secret.
+    throw new DestinationConfigError(
+      doc.errors.map((e) => ({ file, line: e.linePos?.[0]?.line, key: '', message: `syntax: ${e.message.split('\n')[0].replace(/ at line \d+, column \d+:?$/, '')}` })),
+    );
+  }
+  const data: unknown = doc.toJS();
+  const where = (keyPath: readonly (string | number)[]) => lineOf(doc, lines, keyPath);
+  const nameAt = (index: unknown) => {
+    const list = (data as { destinations?: unknown })?.destinations;
+    const item = Array.isArray(list) ? (list[Number(index)] as { name?: unknown } | undefined) : undefined;
+    return typeof item?.name === 'string' ? item.name : undefined;
+  };
+
+  if (!validateFile(data)) {
+    const issues = new Map<string, DestinationIssue>();
+    for (const error of validateFile.errors ?? []) {
+      const issue = schemaIssue(error, file, where, nameAt);
+      issues.set(`${issue.key}|${issue.message}`, issue);
+    }
+    throw new DestinationConfigError([...issues.values()]);
+  }
+
+  const raw = (data as { destinations: RawDestination[] }).destinations;
+  const issues: DestinationIssue[] = [];
+  const issue = (index: number, keyPath: (string | number)[], message: string) => {
+    const full = ['destinations', index, ...keyPath];
+    issues.push({ file, line: where(full), key: full.join('.'), destination: raw[index].name, message });
+  };
+  const baseDir = dirname(absolute);
+  const seen = new Map<string, number>();
+  const destinations: Destination[] = [];
+
+  raw.forEach((d, index) => {
+    if (seen.has(d.name)) issue(index, ['name'], `duplicate name (also destination ${seen.get(d.name)! + 1})`);
+    seen.set(d.name, index);
+    for (const key of ['baseUrl', 'auth.tokenUrl', 'auth.jku']) {
+      const keyPath = key.split('.');
+      const value = keyPath.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], d);
+      if (typeof value !== 'string') continue;
+      const problem = urlProblem(value);
+      if (problem) issue(index, keyPath, problem);
+    }
+
+    const resolveSecret = (keyPath: string[], ref: unknown): Secret | undefined => {
+      const { env: name, file: secretFile } = ref as { env?: string; file?: string };
+      if (name !== undefined) {
+        const value = env[name];
+        if (value === undefined || value.trim() === '') {
+          issue(index, keyPath, `environment variable ${name} is not set`);
+          return undefined;
+        }
+        return new Secret(value.trim(), `env ${name}`);
+      }
+      const target = resolve(baseDir, secretFile!);
+      let value: string;
+      try {
+        value = readFileSync(target, 'utf8');
+      } catch (err) {
+        issue(index, keyPath, `cannot read secret file ${displayPath(target)} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+        return undefined;
+      }
+      if (value.trim() === '') {
+        issue(index, keyPath, `secret file ${displayPath(target)} is empty`);
+        return undefined;
+      }
+      return new Secret(value.trim(), `file ${displayPath(target)}`);
+    };
+
+    const auth: Record<string, unknown> = { ...d.auth };
+    for (const field of SECRET_FIELDS[d.auth.type]) auth[field] = resolveSecret(['auth', field], d.auth[field]);
+    if (auth.type === 'oauth2-client-credentials') auth.clientAuth ??= 'basic';
+    if (auth.type === 'smart-backend-services' && auth.privateKey instanceof Secret) {
+      try {
+        const parsed = parsePrivateKey(auth.privateKey.reveal(), auth.alg as 'RS384' | 'ES384');
+        if (!auth.kid && !parsed.kid) issue(index, ['auth'], "missing 'kid' (needed unless the key is a JWK with a kid)");
+      } catch (err) {
+        issue(index, ['auth', 'privateKey'], `the key from ${auth.privateKey.source} ${(err as Error).message}`);
+      }
+    }
+
+    const pseudonymise = (d.pseudonymise as boolean | undefined) ?? d.kind === 'sponsor';
+    let pseudonymisationKey: Secret | undefined;
+    if (pseudonymise) {
+      if (d.pseudonymisationKey === undefined) {
+        issue(index, ['pseudonymise'], 'pseudonymised destinations need pseudonymisationKey: { env: NAME } or { file: path }');
+      } else {
+        pseudonymisationKey = resolveSecret(['pseudonymisationKey'], d.pseudonymisationKey);
+        if (pseudonymisationKey && Buffer.byteLength(pseudonymisationKey.reveal(), 'utf8') < 32) {
+          issue(index, ['pseudonymisationKey'], `the key from ${pseudonymisationKey.source} is too short (at least 32 bytes, e.g. openssl rand -base64 32)`);
+        }
+      }
+    } else if (d.pseudonymisationKey !== undefined) {
+      issue(index, ['pseudonymisationKey'], 'given but pseudonymise is false');
+    }
+
+    const sites = d.sites as '*' | string[];
+    const resourceTypes = (d.resourceTypes as '*' | string[] | undefined) ?? '*';
+    const retry = { ...DEFAULTS.retry, ...(d.retry as object | undefined) };
+    if (retry.maxMs < retry.baseMs) issue(index, ['retry', 'maxMs'], 'must be at least retry.baseMs');
+    const maxEntries = (d.maxEntries as number | undefined) ?? DEFAULTS.maxEntries;
+
+    destinations.push({
+      name: d.name,
+      kind: d.kind,
+      baseUrl: d.baseUrl.replace(/\/+$/, ''),
+      sites: sites === '*' || sites.includes('*') ? '*' : sites,
+      resourceTypes: resourceTypes === '*' ? '*' : resourceTypes,
+      profiles: (d.profiles as string[] | undefined) ?? [],
+      maxEntries,
+      atomic: (d.atomic as boolean | undefined) ?? DEFAULTS.atomic,
+      transactions: (d.transactions as boolean | 'detect' | undefined) ?? DEFAULTS.transactions,
+      concurrency: (d.concurrency as number | undefined) ?? DEFAULTS.concurrency,
+      rateLimit: d.rateLimit as Destination['rateLimit'],
+      timeoutMs: (d.timeoutMs as number | undefined) ?? DEFAULTS.timeoutMs,
+      retry,
+      circuitBreaker: { ...DEFAULTS.circuitBreaker, ...(d.circuitBreaker as object | undefined) },
+      pseudonymise,
+      pseudonymisationKey,
+      auth: auth as unknown as AuthConfig,
+      source: { file, line: where(['destinations', index]) },
+    });
+  });
+  if (issues.length > 0) throw new DestinationConfigError(issues);
+  return destinations;
+}
+
+function schemaIssue(
+  error: ErrorObject,
+  file: string,
+  where: (path: readonly (string | number)[]) => number | undefined,
+  nameAt: (index: unknown) => string | undefined,
+): DestinationIssue {
+  const path: (string | number)[] = error.instancePath
+    .split('/')
+    .slice(1)
+    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
+  let message = error.message ?? 'is not valid';
+  if (error.schemaPath.startsWith('#/$defs/secret')) {
+    message = error.keyword === 'pattern' ? 'env must name a variable (letters, digits, _)' : SECRET_MESSAGE;
+  } else if (error.keyword === 'additionalProperties') {
+    const extra = (error.params as { additionalProperty: string }).additionalProperty;
+    path.push(extra);
+    message = `unknown key '${extra}'`;
+  } else if (error.keyword === 'required') {
+    message = `missing required key '${(error.params as { missingProperty: string }).missingProperty}'`;
+  } else if (error.keyword === 'enum') {
+    message = `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
+  } else if (error.keyword === 'discriminator') {
+    message = 'auth.type must be one of none, bearer, basic, oauth2-client-credentials, smart-backend-services';
+  } else if ((path[2] === 'sites' || path[2] === 'resourceTypes') && path.length === 3 && ['const', 'type', 'anyOf'].includes(error.keyword)) {
+    message = path[2] === 'sites' ? 'must be "*" or a list of site ids' : 'must be "*" or a list of resource types';
+  } else if (error.keyword === 'pattern' && path[path.length - 1] === 'baseUrl') {
+    message = 'must be an http(s) URL';
+  }
+  const destination = path[0] === 'destinations' ? nameAt(path[1]) : undefined;
+  return { file, line: where(path), key: path.join('.'), destination, message };
+}
+
+/** Whether a destination receives a site's subjects. */
+export function acceptsSite(destination: Destination, site: string): boolean {
+  return destination.sites === '*' || destination.sites.includes(site);
+}
+
+/** Whether a destination receives a resource type. */
+export function acceptsResourceType(destination: Destination, resourceType: string): boolean {
+  return destination.resourceTypes === '*' || destination.resourceTypes.includes(resourceType);
+}
+
+/** One line about a destination for logs: never a secret (secret sources are named, not their values). */
+export function describe(destination: Destination): string {
+  const url = new URL(destination.baseUrl);
+  url.username = '';
+  url.password = '';
+  url.search = '';
+  const auth = destination.auth;
+  const authText = 'tokenUrl' in auth ? `${auth.type} via ${new URL(auth.tokenUrl).origin}` : auth.type;
+  const sites = destination.sites === '*' ? 'all sites' : `sites ${destination.sites.join(',')}`;
+  const types = destination.resourceTypes === '*' ? 'all types' : `types ${destination.resourceTypes.join(',')}`;
+  return [
+    `${destination.kind} '${destination.name}' ${url.toString().replace(/\/$/, '')}`,
+    sites,
+    types,
+    `auth ${authText}`,
+    destination.pseudonymise ? 'pseudonymised' : 'identifiable',
+    `${destination.maxEntries} entries/transaction${destination.atomic ? ' (atomic)' : ''}`,
+    `transactions ${destination.transactions}`,
+    `concurrency ${destination.concurrency}`,
+  ].join(', ');
+}
