@@ -1,0 +1,25 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+
+const run = promisify(execFile);
+
+describe('npm run demo (the README main job)', () => {
+  it('maps the three sample sites, reproduces the published figures and delivers exactly the mapped resources, twice without duplicates', async () => {
+    const out = await mkdtemp(join(tmpdir(), 'demo-'));
+    const { stdout } = await run(process.execPath, ['src/cli/main.ts', 'demo', '-o', out]);
+    expect(stdout).toContain('response 4 weeks after LD-CCRT 21/47 (44.7%); best response 25/47 (53.2%)');
+    expect(stdout).toContain('resection or transplant 9/47 (19.1%)');
+    expect(stdout).toContain('diarrhoea 17/47 (36.2%); hand-foot skin reaction 16/47 (34.0%)');
+    expect(stdout).toContain('median OS 24.6 months, PFS 6.8 months');
+    expect(stdout).toContain('(n=17): OS 13.0, PFS 5.6 months');
+    expect(stdout.match(/47 bundles delivered, 0 rejected/g)).toHaveLength(2);
+    expect(stdout.match(/exactly the mapped resources, no duplicates/g)).toHaveLength(2);
+    expect(stdout).toMatch(/on the server \(FHIR search\): AdverseEvent 147, .*Patient 47, .*ResearchStudy 1, ResearchSubject 47/);
+    const figures = JSON.parse(await readFile(join(out, 'pooled-figures.json'), 'utf8'));
+    expect(figures.subjects).toBe(47);
+  });
+});
