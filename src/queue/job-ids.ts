@@ -1,0 +1,46 @@
+/**
+ * Deterministic BullMQ job ids. BullMQ ignores an `add` whose job id already exists (waiting, active, delayed,
+ * or completed/failed and still retained), so an unchanged subject submitted again is not queued twice.
+ * Ids must not contain ':' (BullMQ key separator) and must not be plain integers: every part is
+ * percent-encoded (see encodeNamePart) and the id starts with a letter.
+ */
+import { createHash } from 'node:crypto';
+import type { Bundle } from '@medplum/fhirtypes';
+import type { SourceRecord } from '../source/record.ts';
+import { encodeNamePart } from './names.ts';
+
+/** JSON with object keys sorted, so equal data gives equal bytes whatever the key order. */
+export function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_key, v: unknown) => {
+    if (v && typeof v === 'object' && !Array.isArray(v)) {
+      return Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+    }
+    return v;
+  });
+}
+
+export function contentHash(value: unknown): string {
+  return createHash('sha256').update(canonicalJson(value)).digest('hex').slice(0, 40);
+}
+
+/** Hash of a subject's records, independent of their order in the export. */
+export function recordsHash(records: readonly SourceRecord[]): string {
+  const sorted = [...records].sort((a, b) => (a.file === b.file ? a.row - b.row : a.file < b.file ? -1 : 1));
+  return contentHash(sorted);
+}
+
+/** Mapping job: per (site, subject key, mapping version, hash of the subject's records). */
+export function mappingJobId(site: string, subject: string, mappingVersion: string, hash: string): string {
+  return ['map', site, subject, mappingVersion, hash].map(encodeNamePart).join('.');
+}
+
+/** Delivery job: per (destination, business key = site + subject, hash of the bundle as sent). */
+export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | string): string {
+  const hash = typeof bundle === 'string' ? bundle : contentHash(bundle);
+  return ['dlv', destination, site, subject, hash].map(encodeNamePart).join('.');
+}
+
+/** The id of a replayed job: the original id with a fresh suffix, so BullMQ does not take it for a duplicate. */
+export function replayJobId(jobId: string, suffix: string): string {
+  return `${jobId}.replay-${encodeNamePart(suffix)}`;
+}

@@ -1,0 +1,370 @@
+/**
+ * The delivery pipeline on BullMQ: `submitExport` reads an export and adds one mapping job per subject; the
+ * mapping worker maps and validates the subject and adds one delivery job per destination that takes the
+ * site; each destination's delivery worker sends the bundle with deliverBundle. The stage code is in
+ * stages.ts, shared with the in-process runner.
+ *
+ * Idempotency: job ids are deterministic (job-ids.ts) and BullMQ ignores an add whose id exists, so an
+ * unchanged subject submitted again is not queued again while its job is pending or retained (completed jobs
+ * are kept `retention.completedSeconds`, default 24 h; after that the same data is queued and delivered again,
+ * which changes nothing on the server: every entry is a conditional update). Counters count once per job.
+ *
+ * Retries: a delivery job has the destination's `retry.attempts` attempts; between them the custom backoff
+ * `tb-delivery` waits the server's Retry-After when the DeliveryRetryableError carries one, else exponential
+ * from `retry.baseMs` up to `retry.maxMs`. Inside one attempt deliverBundle retries each request under the
+ * same policy, so a dead server costs up to attempts × attempts requests before the job is dead-lettered.
+ * A 4xx rejection is not retried: dead-lettered at once with the server's OperationOutcome.
+ *
+ * Crash recovery (BullMQ stalled jobs): an active job holds a lock of `lockDuration` (default 30 s), renewed
+ * by its worker every lockDuration/2. A worker that dies stops renewing it; every `stalledInterval` (default
+ * 30 s) some worker moves jobs whose lock expired back to waiting, at most `maxStalledCount` times (default 1)
+ * after which the job fails. Running a job again is safe here: deliveries are conditional updates, delivery
+ * job adds are deduplicated by id, counters count once per job and dead letters are keyed by job.
+ * Mapping jobs are synchronous CPU work of a few ms per subject, far below the lock duration.
+ *
+ * Shutdown: `close()` stops fetching, waits for the jobs in flight to finish (Worker.close), then closes the
+ * queues and connections; `closeOnSignals()` wires it to SIGINT/SIGTERM.
+ */
+import { randomUUID } from 'node:crypto';
+import { Job, Queue, QueueEvents, Worker, type JobsOptions } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { Destination } from '../delivery/destinations.ts';
+import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
+import { queueNames, DEFAULT_PREFIX, type QueueNames } from './names.ts';
+import {
+  COUNTERS,
+  deliveryBackoff,
+  mappingJobFailed,
+  PipelineContext,
+  readExport,
+  recordDeadLetter,
+  runDeliveryJob,
+  runMappingJob,
+  type DeliveryJobData,
+  type DeliveryJobResult,
+  type MappingJobData,
+  type MappingJobResult,
+  type PipelineConfig,
+  type PipelineStore,
+  type ReplayPayload,
+} from './stages.ts';
+import { RedisSubmissions, type SubmissionCounters } from './submissions.ts';
+
+/** Redis connection options (a subset that both ioredis and BullMQ take). */
+export interface QueueConnection {
+  readonly host?: string;
+  readonly port?: number;
+  readonly username?: string;
+  readonly password?: string;
+  readonly db?: number;
+  readonly tls?: Record<string, unknown>;
+}
+
+export interface QueuePipelineOptions extends PipelineConfig {
+  /** Redis connection (host, port, password, tls, ...). */
+  readonly connection: QueueConnection;
+  /** Key prefix (default `{tb}`: a hash tag, so on Redis Cluster every key of the pipeline is in one slot). */
+  readonly prefix?: string;
+  /** How long finished jobs are kept (and so deduplicate re-submissions). */
+  readonly retention?: { readonly completedSeconds?: number; readonly failedSeconds?: number };
+  /** Attempts of a mapping job (default 3: only a crash or a bug fails one). */
+  readonly mappingAttempts?: number;
+  /** Worker settings. */
+  readonly workers?: {
+    readonly mappingConcurrency?: number;
+    /** BullMQ lock of an active job, ms (default 30 000). */
+    readonly lockDuration?: number;
+    /** How often stalled jobs are looked for, ms (default 30 000). */
+    readonly stalledInterval?: number;
+    /** Times a stalled job is put back before it fails (default 1). */
+    readonly maxStalledCount?: number;
+  };
+}
+
+export interface SubmitOptions {
+  /** Default: a random UUID. */
+  readonly submissionId?: string;
+  /** Provenance.recorded of the bundles (default now). */
+  readonly recorded?: string;
+}
+
+export interface SubmitResult {
+  readonly submissionId: string;
+  readonly site: string;
+  readonly subjects: number;
+  /** Mapping jobs of the subjects, added now or already pending/retained. */
+  readonly mappingJobs: { readonly jobId: string; readonly subject: string; readonly added: boolean }[];
+  readonly queued: number;
+  readonly duplicates: number;
+  /** Records dead-lettered while reading (no subject id, a type no rule reads). */
+  readonly recordsRejected: number;
+}
+
+interface WorkerCommon {
+  readonly connection: QueueConnection;
+  readonly prefix: string;
+  readonly lockDuration: number;
+  readonly stalledInterval: number;
+  readonly maxStalledCount: number;
+}
+
+const MAP_JOB = 'map';
+const DELIVER_JOB = 'deliver';
+const BACKOFF_TYPE = 'tb-delivery';
+
+export class QueuePipeline {
+  readonly names: QueueNames;
+  readonly context: PipelineContext;
+  readonly submissions: RedisSubmissions;
+  readonly deadLetters: RedisDeadLetters;
+  readonly redis: Redis;
+  readonly #options: QueuePipelineOptions;
+  readonly #mappingQueue: Queue;
+  readonly #deliveryQueues = new Map<string, Queue>();
+  readonly #events = new Map<string, QueueEvents>();
+  readonly #workers: Worker[] = [];
+  readonly #store: PipelineStore;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: QueuePipelineOptions) {
+    this.#options = options;
+    this.names = queueNames(options.prefix ?? DEFAULT_PREFIX);
+    this.context = new PipelineContext(options);
+    this.redis = new Redis({ ...options.connection });
+    this.submissions = new RedisSubmissions(this.redis, this.names);
+    this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions);
+    const submissions = this.submissions;
+    const deadLetters = this.deadLetters;
+    this.#store = {
+      count: (id, onceKey, increments) => submissions.count(id, onceKey, increments),
+      deadLetter: (entry, payload) => deadLetters.deadLetter(entry, payload),
+    };
+    const retention = {
+      removeOnComplete: { age: options.retention?.completedSeconds ?? 24 * 3600 },
+      removeOnFail: { age: options.retention?.failedSeconds ?? 7 * 24 * 3600 },
+    };
+    this.#mappingQueue = new Queue(this.names.mapping, {
+      connection: { ...options.connection },
+      prefix: this.names.prefix,
+      defaultJobOptions: { attempts: options.mappingAttempts ?? 3, backoff: { type: 'exponential', delay: 1000 }, ...retention },
+    });
+    for (const d of options.destinations) {
+      this.#deliveryQueues.set(
+        d.name,
+        new Queue(this.names.delivery(d.name), {
+          connection: { ...options.connection },
+          prefix: this.names.prefix,
+          defaultJobOptions: { attempts: d.retry.attempts, backoff: { type: BACKOFF_TYPE, delay: d.retry.baseMs }, ...retention },
+        }),
+      );
+    }
+    this.#allowManyWaiters();
+  }
+
+  /** waitUntilFinished adds a 'closing' listener on the queue per job waited for: many at once are expected. */
+  #allowManyWaiters(): void {
+    for (const q of [this.#mappingQueue, ...this.#deliveryQueues.values()]) q.setMaxListeners(0);
+  }
+
+  get mappingQueue(): Queue {
+    return this.#mappingQueue;
+  }
+
+  deliveryQueue(destination: string): Queue {
+    const q = this.#deliveryQueues.get(destination);
+    if (!q) throw new Error(`unknown destination '${destination}'`);
+    return q;
+  }
+
+  /** Adds a job unless one with that id exists; resolves whether it was added. */
+  async #addIfNew(queue: Queue, name: string, jobId: string, data: MappingJobData | DeliveryJobData, opts: JobsOptions = {}): Promise<boolean> {
+    if ((await queue.getJobState(jobId)) !== 'unknown') return false;
+    // BullMQ itself ignores an add with an existing id, so a race between two producers queues it once.
+    await queue.add(name, data, { ...opts, jobId });
+    return true;
+  }
+
+  #enqueueDelivery = (jobId: string, data: DeliveryJobData): Promise<boolean> => this.#addIfNew(this.deliveryQueue(data.destination), DELIVER_JOB, jobId, data);
+
+  #enqueueReplay = (jobId: string, payload: ReplayPayload): Promise<boolean> =>
+    payload.kind === 'map'
+      ? this.#addIfNew(this.#mappingQueue, MAP_JOB, jobId, payload.data)
+      : this.#addIfNew(this.deliveryQueue(payload.data.destination), DELIVER_JOB, jobId, payload.data);
+
+  /** Reads an export of a site and adds one mapping job per subject. */
+  async submitExport(site: string, inputs: readonly string[], options: SubmitOptions = {}): Promise<SubmitResult> {
+    const submissionId = options.submissionId ?? randomUUID();
+    const recorded = options.recorded ?? new Date().toISOString();
+    const read = await readExport(this.context.mapping(site), inputs, submissionId, recorded);
+    const readJob = `read.${submissionId}`;
+    for (const p of read.problems) await this.deadLetters.deadLetter(recordDeadLetter(submissionId, site, readJob, 'read', p, false));
+    const mappingJobs: SubmitResult['mappingJobs'] = [];
+    for (const job of read.jobs) {
+      const added = await this.#addIfNew(this.#mappingQueue, MAP_JOB, job.jobId, job.data);
+      mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added });
+    }
+    const queued = mappingJobs.filter((j) => j.added).length;
+    const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
+    await this.submissions.add(submissionId, {
+      [COUNTERS.subjects]: read.jobs.length,
+      [COUNTERS.queued]: queued,
+      [COUNTERS.duplicates]: read.jobs.length - queued,
+      [COUNTERS.recordsRejected]: recordsRejected,
+    });
+    return { submissionId, site, subjects: read.jobs.length, mappingJobs, queued, duplicates: read.jobs.length - queued, recordsRejected };
+  }
+
+  /** Starts the mapping worker and one delivery worker per destination. */
+  startWorkers(): Worker[] {
+    const w = this.#options.workers ?? {};
+    const common: WorkerCommon = {
+      connection: { ...this.#options.connection },
+      prefix: this.names.prefix,
+      lockDuration: w.lockDuration ?? 30_000,
+      stalledInterval: w.stalledInterval ?? 30_000,
+      maxStalledCount: w.maxStalledCount ?? 1,
+    };
+    const mappingWorker = new Worker<MappingJobData, MappingJobResult>(
+      this.names.mapping,
+      async (job) => {
+        try {
+          return await runMappingJob(this.context, this.#store, job.id!, job.data, this.#enqueueDelivery);
+        } catch (error) {
+          // The last attempt: dead-letter the subject (replayable), and leave the job failed in BullMQ.
+          if (job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) await mappingJobFailed(this.#store, job.id!, job.data, error);
+          throw error;
+        }
+      },
+      { ...common, concurrency: w.mappingConcurrency ?? 1 },
+    );
+    this.#workers.push(mappingWorker);
+    for (const d of this.#options.destinations) this.#workers.push(this.#deliveryWorker(d, common));
+    for (const worker of this.#workers) {
+      // Without a listener an 'error' event would crash the process; failures are in the job's state anyway.
+      worker.on('error', (error) => console.error(`queue worker ${worker.name}: ${error.message}`));
+    }
+    return [...this.#workers];
+  }
+
+  #deliveryWorker(d: Destination, common: WorkerCommon): Worker<DeliveryJobData, DeliveryJobResult> {
+    return new Worker<DeliveryJobData, DeliveryJobResult>(
+      this.names.delivery(d.name),
+      (job) => runDeliveryJob(this.context, this.#store, job.id!, job.data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1)),
+      {
+        ...common,
+        concurrency: d.concurrency,
+        ...(d.rateLimit ? { limiter: { max: d.rateLimit.max, duration: d.rateLimit.perMs } } : {}),
+        settings: { backoffStrategy: (attemptsMade: number, _type?: string, error?: Error) => deliveryBackoff(d, attemptsMade, error) },
+      },
+    );
+  }
+
+  #queueEvents(queue: Queue): QueueEvents {
+    let events = this.#events.get(queue.name);
+    if (!events) {
+      events = new QueueEvents(queue.name, { connection: { ...this.#options.connection }, prefix: this.names.prefix });
+      events.setMaxListeners(0);
+      this.#events.set(queue.name, events);
+    }
+    return events;
+  }
+
+  /**
+   * Waits until every mapping job of a submission and every delivery job they made has finished (by queue
+   * events, not polling). Rejects when a job failed for good.
+   */
+  async waitForSubmission(result: Pick<SubmitResult, 'mappingJobs'>): Promise<void> {
+    const mapEvents = this.#queueEvents(this.#mappingQueue);
+    await mapEvents.waitUntilReady();
+    const deliveries: { destination: string; jobId: string }[] = [];
+    await Promise.all(
+      result.mappingJobs.map(async ({ jobId }) => {
+        const job = await Job.fromId(this.#mappingQueue, jobId);
+        if (!job) return;
+        const value = (await job.waitUntilFinished(mapEvents)) as MappingJobResult;
+        deliveries.push(...value.deliveries);
+      }),
+    );
+    await this.waitForJobs(deliveries);
+  }
+
+  /** Waits for delivery jobs by id. */
+  async waitForJobs(jobs: readonly { destination: string; jobId: string }[]): Promise<void> {
+    await Promise.all(
+      jobs.map(async ({ destination, jobId }) => {
+        const queue = this.deliveryQueue(destination);
+        const events = this.#queueEvents(queue);
+        await events.waitUntilReady();
+        const job = await Job.fromId(queue, jobId);
+        if (job) await job.waitUntilFinished(events);
+      }),
+    );
+  }
+
+  submission(id: string): Promise<SubmissionCounters> {
+    return this.submissions.get(id);
+  }
+
+  /** Replays one dead letter (enqueues its job again with a fresh id suffix). */
+  replay(deadLetterId: string): Promise<ReplayResult> {
+    return this.deadLetters.replay(deadLetterId, this.#enqueueReplay);
+  }
+
+  /** Replays every replayable dead letter of a submission. */
+  replayAll(submissionId: string): Promise<ReplayResult> {
+    return this.deadLetters.replayAll(submissionId, this.#enqueueReplay);
+  }
+
+  /** Stops the workers: each stops fetching jobs and finishes the ones in flight (BullMQ Worker.close). */
+  async closeWorkers(): Promise<void> {
+    await Promise.all(this.#workers.map((w) => w.close()));
+  }
+
+  /** Graceful shutdown: workers finish their jobs in flight, then queues and connections close. Idempotent. */
+  close(): Promise<void> {
+    this.#closing ??= (async () => {
+      await this.closeWorkers();
+      await Promise.all([...this.#events.values()].map((e) => e.close()));
+      await Promise.all([this.#mappingQueue, ...this.#deliveryQueues.values()].map((q) => q.close()));
+      await this.redis.quit();
+    })();
+    return this.#closing;
+  }
+
+  /** Closes on SIGINT / SIGTERM (once); resolves the returned function to remove the handlers. */
+  closeOnSignals(signals: readonly NodeJS.Signals[] = ['SIGINT', 'SIGTERM']): () => void {
+    const handler = (signal: NodeJS.Signals): void => {
+      console.error(`${signal}: finishing the jobs in flight, then exiting`);
+      void this.close().then(() => process.exit(0));
+    };
+    for (const s of signals) process.once(s, handler);
+    return () => {
+      for (const s of signals) process.off(s, handler);
+    };
+  }
+
+  /** Removes every queue and key of this prefix (tests, teardown). Call after closeWorkers(), before close(). */
+  async obliterate(): Promise<void> {
+    for (const q of [this.#mappingQueue, ...this.#deliveryQueues.values()]) await q.obliterate({ force: true });
+    let cursor = '0';
+    do {
+      const [next, keys] = await this.redis.scan(cursor, 'MATCH', `${this.names.prefix}:tb-*`, 'COUNT', '500');
+      if (keys.length > 0) await this.redis.del(...keys);
+      cursor = next;
+    } while (cursor !== '0');
+  }
+}
+
+/** Whether Redis answers PING within `timeoutMs` (the demo falls back to runInProcess when it does not). */
+export async function isRedisReachable(connection: QueueConnection, timeoutMs = 1000): Promise<boolean> {
+  const redis = new Redis({ ...connection, lazyConnect: true, connectTimeout: timeoutMs, maxRetriesPerRequest: 0, retryStrategy: () => null, enableOfflineQueue: false });
+  redis.on('error', () => {});
+  try {
+    await redis.connect();
+    return (await redis.ping()) === 'PONG';
+  } catch {
+    return false;
+  } finally {
+    redis.disconnect();
+  }
+}

@@ -1,0 +1,394 @@
+/**
+ * The stages of the pipeline as plain functions over plain data, shared by the BullMQ workers (pipeline.ts)
+ * and the in-process runner (in-process.ts): read & group an export, map one subject, deliver one bundle.
+ * Side effects go through a PipelineStore (counters, dead letters) and an `enqueue` callback, so the two
+ * runners differ only in where jobs wait.
+ */
+import type { Bundle, OperationOutcome } from '@medplum/fhirtypes';
+import { subjectBundle } from '../bundle/transaction.ts';
+import { validationCheck } from '../bundle/map-export.ts';
+import { createAuth } from '../delivery/auth/index.ts';
+import { FhirClient } from '../delivery/client.ts';
+import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from '../delivery/deliver.ts';
+import type { Destination } from '../delivery/destinations.ts';
+import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
+import type { CompiledMapping } from '../mapping/compile.ts';
+import { mapRecords } from '../mapping/engine.ts';
+import { readSourceRecords } from '../mapping/records.ts';
+import type { RecordProblem, SourceRecord } from '../source/record.ts';
+import { describeIssue } from '../validation/base.ts';
+import type { ResourceValidator } from '../validation/validator.ts';
+import { deliveryJobId, mappingJobId, recordsHash } from './job-ids.ts';
+
+/** Data of a mapping job: one subject's records (plain data, JSON-safe). */
+export interface MappingJobData {
+  readonly submissionId: string;
+  readonly site: string;
+  readonly mappingVersion: string;
+  readonly subject: string;
+  /** Provenance.recorded of the bundle. */
+  readonly recorded: string;
+  readonly records: SourceRecord[];
+}
+
+/** Data of a delivery job: one subject's bundle, as it is sent to that destination (pseudonymised or not). */
+export interface DeliveryJobData {
+  readonly submissionId: string;
+  readonly destination: string;
+  readonly site: string;
+  readonly subject: string;
+  readonly bundle: Bundle;
+}
+
+/** Where a dead letter came from: reading (no subject), mapping (a record), or delivering (a bundle). */
+export type DeadLetterStage = 'read' | 'map' | 'deliver';
+
+/** A dead letter as listed and shown: locations and reasons, never record values or the bundle. */
+export interface DeadLetter {
+  readonly id: string;
+  readonly submissionId: string;
+  readonly stage: DeadLetterStage;
+  readonly site: string;
+  readonly subject?: string;
+  /** Mapping rejects: the record. */
+  readonly location?: { readonly file: string; readonly row: number; readonly key: string; readonly field: string };
+  /** Delivery failures: the destination. */
+  readonly destination?: string;
+  readonly reason: string;
+  /** HTTP status of a rejected delivery. */
+  readonly status?: number;
+  /** The validator's or the server's OperationOutcome. */
+  readonly outcome?: OperationOutcome;
+  /** Whether it can be replayed (enqueued again). */
+  readonly replayable: boolean;
+  /** The job it came from. */
+  readonly jobId: string;
+  readonly createdAt: string;
+}
+
+/** What a replay enqueues; stored apart from the dead letter (it holds record values or the bundle). */
+export type ReplayPayload = { readonly kind: 'map'; readonly data: MappingJobData } | { readonly kind: 'deliver'; readonly data: DeliveryJobData };
+
+/** Counters and dead letters of submissions. */
+export interface PipelineStore {
+  /**
+   * Adds `increments` to the submission's counters, once per `onceKey` (a job id and event): a job run again
+   * (BullMQ retry, stalled job recovery) does not count twice.
+   */
+  count(submissionId: string, onceKey: string, increments: Readonly<Record<string, number>>): Promise<void>;
+  /** Stores a dead letter (same id again: replaced), with what a replay would enqueue. */
+  deadLetter(entry: DeadLetter, payload?: ReplayPayload): Promise<void>;
+}
+
+/** Counter names (fields of the submission hash). Per destination: `<name>:<destination>`. */
+export const COUNTERS = {
+  /** Subjects in the export (submitExport). */
+  subjects: 'subjects',
+  /** Mapping jobs added (a subject already pending/retained is not added again; replays are added). */
+  queued: 'queued',
+  /** Subjects not added because an identical mapping job already exists. */
+  duplicates: 'duplicates',
+  /** Mapping jobs finished with a bundle. */
+  mapped: 'mapped',
+  /** Mapping jobs finished without a bundle (every record of the subject rejected). */
+  subjectsRejected: 'subjectsRejected',
+  /** Mapping jobs that failed for good (a bug, a mapping version mismatch), each a dead letter. */
+  mappingFailed: 'mappingFailed',
+  /** Records rejected (read or map stage), each a dead letter. */
+  recordsRejected: 'recordsRejected',
+  /** Delivery jobs added, per destination. */
+  deliveryQueued: 'deliveryQueued',
+  /** Delivery jobs not added: identical job exists, per destination. */
+  deliveryDuplicates: 'deliveryDuplicates',
+  /** Bundles delivered, per destination. */
+  delivered: 'delivered',
+  /** Bundles dead-lettered (rejected by the server, retries exhausted, destination profile failed), per destination. */
+  deadLettered: 'deadLettered',
+  /** Dead letters replayed (map stage: `replayed`; deliveries: per destination). */
+  replayed: 'replayed',
+} as const;
+
+export function perDestination(counter: string, destination: string): string {
+  return `${counter}:${destination}`;
+}
+
+/** Configuration shared by every stage. */
+export interface PipelineConfig {
+  /** Compiled mappings, one per site. */
+  readonly mappings: readonly CompiledMapping[];
+  readonly destinations: readonly Destination[];
+  /**
+   * Validator of the trial's profiles (loading one is slow: share it, e.g. defaultValidator()). `null` maps
+   * without validating (like `map --no-validate`): an explicit choice, never a default.
+   */
+  readonly validator: ResourceValidator | null;
+  /** The FHIR client of a destination (default: one per destination from its baseUrl, timeout and auth). */
+  readonly clientFor?: (destination: Destination) => FhirClient;
+  /** Extra deliverBundle options (tests inject `sleep`). */
+  readonly deliverOptions?: Partial<DeliverOptions>;
+}
+
+/** Prepared configuration: lookups and one FHIR client per destination. */
+export class PipelineContext {
+  readonly config: PipelineConfig;
+  readonly #mappings = new Map<string, CompiledMapping>();
+  readonly #destinations = new Map<string, Destination>();
+  readonly #clients = new Map<string, FhirClient>();
+
+  constructor(config: PipelineConfig) {
+    this.config = config;
+    for (const m of config.mappings) {
+      if (this.#mappings.has(m.site)) throw new Error(`two mappings for site '${m.site}'`);
+      this.#mappings.set(m.site, m);
+    }
+    for (const d of config.destinations) {
+      if (d.resourceTypes !== '*') {
+        // Dropping entries would leave references (Provenance targets, subjects) dangling: not done silently.
+        throw new Error(`destination '${d.name}': resourceTypes allow-lists are not supported by the queue pipeline yet`);
+      }
+      if (d.profiles.length > 0 && !config.validator) throw new Error(`destination '${d.name}' requires profiles: the pipeline needs a validator`);
+      this.#destinations.set(d.name, d);
+    }
+  }
+
+  mapping(site: string): CompiledMapping {
+    const m = this.#mappings.get(site);
+    if (!m) throw new Error(`no mapping for site '${site}'`);
+    return m;
+  }
+
+  destination(name: string): Destination {
+    const d = this.#destinations.get(name);
+    if (!d) throw new Error(`unknown destination '${name}'`);
+    return d;
+  }
+
+  /** Destinations that receive a site's subjects. */
+  destinationsFor(site: string): Destination[] {
+    return [...this.#destinations.values()].filter((d) => d.sites === '*' || d.sites.includes(site));
+  }
+
+  client(destination: Destination): FhirClient {
+    let client = this.#clients.get(destination.name);
+    if (!client) {
+      client =
+        this.config.clientFor?.(destination) ??
+        new FhirClient({ baseUrl: destination.baseUrl, timeoutMs: destination.timeoutMs, auth: createAuth(destination.auth) });
+      this.#clients.set(destination.name, client);
+    }
+    return client;
+  }
+
+  deliverOptions(destination: Destination): DeliverOptions {
+    return {
+      maxEntries: destination.atomic ? undefined : destination.maxEntries,
+      transactions: destination.transactions,
+      retry: { maxAttempts: destination.retry.attempts, baseDelayMs: destination.retry.baseMs, maxDelayMs: destination.retry.maxMs },
+      ...this.config.deliverOptions,
+    };
+  }
+}
+
+/** A subject's mapping job, with its deterministic id. */
+export interface PlannedMappingJob {
+  readonly jobId: string;
+  readonly data: MappingJobData;
+}
+
+export interface ReadExport {
+  readonly site: string;
+  readonly jobs: PlannedMappingJob[];
+  /** Records that belong to no subject job (no subject id, a type no rule reads). */
+  readonly problems: RecordProblem[];
+}
+
+/**
+ * Stage 0 (submit): reads an export and groups its records by subject, one mapping job per subject. Records
+ * without a subject or of a type no rule reads get the same problems mapRecords gives them.
+ */
+export async function readExport(mapping: CompiledMapping, inputs: readonly string[], submissionId: string, recorded: string): Promise<ReadExport> {
+  const { records } = await readSourceRecords(mapping, inputs);
+  const bySubject = new Map<string, SourceRecord[]>();
+  const unassigned: SourceRecord[] = [];
+  for (const record of records) {
+    if (!record.subject || !mapping.consumedTypes.has(record.type)) {
+      unassigned.push(record);
+      continue;
+    }
+    const list = bySubject.get(record.subject);
+    if (list) list.push(record);
+    else bySubject.set(record.subject, [record]);
+  }
+  const problems = unassigned.length > 0 ? mapRecords(mapping, unassigned).problems : [];
+  const jobs = [...bySubject].map(([subject, subjectRecords]) => ({
+    jobId: mappingJobId(mapping.site, subject, mapping.version, recordsHash(subjectRecords)),
+    data: { submissionId, site: mapping.site, mappingVersion: mapping.version, subject, recorded, records: subjectRecords },
+  }));
+  return { site: mapping.site, jobs, problems };
+}
+
+function deadLetterId(jobId: string, ...parts: (string | number)[]): string {
+  return [jobId, ...parts.map(String)].join('|');
+}
+
+/** A record problem as a dead letter (the offending value is left out). */
+export function recordDeadLetter(submissionId: string, site: string, jobId: string, stage: 'read' | 'map', p: RecordProblem, replayable: boolean): DeadLetter {
+  return {
+    id: deadLetterId(jobId, p.file, p.row, p.field),
+    submissionId,
+    stage,
+    site,
+    ...(p.subject ? { subject: p.subject } : {}),
+    location: { file: p.file, row: p.row, key: p.key, field: p.field },
+    reason: p.reason,
+    ...(p.outcome ? { outcome: p.outcome } : {}),
+    replayable,
+    jobId,
+    createdAt: new Date().toISOString(),
+  };
+}
+
+/** Enqueues a delivery job; resolves whether it was added (false: an identical job already exists). */
+export type EnqueueDelivery = (jobId: string, data: DeliveryJobData) => Promise<boolean>;
+
+export interface MappingJobResult {
+  readonly mapped: boolean;
+  readonly recordsRejected: number;
+  /** Delivery jobs of the bundle (added now or already there), by destination. */
+  readonly deliveries: { readonly destination: string; readonly jobId: string; readonly added: boolean }[];
+}
+
+/**
+ * Stage 1: maps and validates one subject, dead-letters its rejected records, and enqueues one delivery job
+ * per destination that takes the site (pseudonymised where the destination says so).
+ */
+export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, jobId: string, data: MappingJobData, enqueue: EnqueueDelivery): Promise<MappingJobResult> {
+  const mapping = ctx.mapping(data.site);
+  if (mapping.version !== data.mappingVersion) {
+    throw new Error(`job ${jobId} was made with mapping ${data.site} ${data.mappingVersion}, this worker has ${mapping.version}`);
+  }
+  const check = ctx.config.validator ? validationCheck(ctx.config.validator) : undefined;
+  const result = mapRecords(mapping, data.records, check);
+  for (const problem of result.problems) {
+    await store.deadLetter(recordDeadLetter(data.submissionId, data.site, jobId, 'map', problem, true), { kind: 'map', data });
+  }
+  const subject = result.subjects[0];
+  const deliveries: { destination: string; jobId: string; added: boolean }[] = [];
+  const increments: Record<string, number> = { [COUNTERS.recordsRejected]: new Set(result.problems.map((p) => `${p.file}#${p.row}`)).size };
+  if (!subject) {
+    increments[COUNTERS.subjectsRejected] = 1;
+  } else {
+    increments[COUNTERS.mapped] = 1;
+    const bundle = subjectBundle(mapping, subject, { recorded: data.recorded });
+    for (const destination of ctx.destinationsFor(data.site)) {
+      const sent = destination.pseudonymise ? pseudonymiseBundle(bundle, destination.pseudonymisationKey!.reveal()) : bundle;
+      const deliveryId = deliveryJobId(destination.name, data.site, data.subject, sent);
+      if (destination.profiles.length > 0) {
+        const issues = (sent.entry ?? []).flatMap((e) =>
+          ctx.config.validator!.validate(e.resource!, destination.profiles).filter((i) => i.severity === 'error' || i.severity === 'fatal'),
+        );
+        if (issues.length > 0) {
+          await store.deadLetter(
+            {
+              id: deadLetterId(deliveryId, 'profiles'),
+              submissionId: data.submissionId,
+              stage: 'deliver',
+              site: data.site,
+              subject: data.subject,
+              destination: destination.name,
+              reason: `the bundle does not meet the destination's profiles: ${issues.map((i) => describeIssue(i).reason).join('; ')}`,
+              outcome: { resourceType: 'OperationOutcome', issue: issues },
+              replayable: false,
+              jobId: deliveryId,
+              createdAt: new Date().toISOString(),
+            },
+          );
+          increments[perDestination(COUNTERS.deadLettered, destination.name)] = 1;
+          continue;
+        }
+      }
+      const added = await enqueue(deliveryId, { submissionId: data.submissionId, destination: destination.name, site: data.site, subject: data.subject, bundle: sent });
+      deliveries.push({ destination: destination.name, jobId: deliveryId, added });
+      const counter = perDestination(added ? COUNTERS.deliveryQueued : COUNTERS.deliveryDuplicates, destination.name);
+      increments[counter] = (increments[counter] ?? 0) + 1;
+    }
+  }
+  await store.count(data.submissionId, `${jobId}|mapped`, increments);
+  return { mapped: subject !== undefined, recordsRejected: increments[COUNTERS.recordsRejected], deliveries };
+}
+
+/** A mapping job that failed for good (its attempts spent): dead-lettered whole, replayable. */
+export async function mappingJobFailed(store: PipelineStore, jobId: string, data: MappingJobData, error: unknown): Promise<void> {
+  await store.deadLetter(
+    {
+      id: deadLetterId(jobId, 'failed'),
+      submissionId: data.submissionId,
+      stage: 'map',
+      site: data.site,
+      subject: data.subject,
+      reason: `mapping failed: ${error instanceof Error ? error.message : String(error)}`,
+      replayable: true,
+      jobId,
+      createdAt: new Date().toISOString(),
+    },
+    { kind: 'map', data },
+  );
+  await store.count(data.submissionId, `${jobId}|mapped`, { [COUNTERS.mappingFailed]: 1 });
+}
+
+export interface DeliveryJobResult {
+  readonly outcome: 'delivered' | 'dead-lettered';
+  readonly status?: number;
+  readonly message?: string;
+}
+
+/**
+ * Stage 2: delivers one bundle. A rejection (4xx with an OperationOutcome) is dead-lettered at once with the
+ * server's message; any other failure is thrown so that the caller retries, unless `finalAttempt`, when it is
+ * dead-lettered too.
+ */
+export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore, jobId: string, data: DeliveryJobData, finalAttempt: boolean): Promise<DeliveryJobResult> {
+  const destination = ctx.destination(data.destination);
+  const deadLetter = async (reason: string, status?: number, outcome?: OperationOutcome): Promise<DeliveryJobResult> => {
+    await store.deadLetter(
+      {
+        id: deadLetterId(jobId),
+        submissionId: data.submissionId,
+        stage: 'deliver',
+        site: data.site,
+        subject: data.subject,
+        destination: data.destination,
+        reason,
+        ...(status !== undefined ? { status } : {}),
+        ...(outcome ? { outcome } : {}),
+        replayable: true,
+        jobId,
+        createdAt: new Date().toISOString(),
+      },
+      { kind: 'deliver', data },
+    );
+    await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
+    return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
+  };
+  let result;
+  try {
+    result = await deliverBundle(ctx.client(destination), data.bundle, ctx.deliverOptions(destination));
+  } catch (error) {
+    if (!finalAttempt) throw error;
+    const status = error instanceof DeliveryRetryableError ? error.status : (error as { status?: number }).status;
+    return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}`, status);
+  }
+  if (result.outcome === 'rejected') {
+    const rejection = result.rejection!;
+    return deadLetter(rejection.message, rejection.status, rejection.outcome);
+  }
+  await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.delivered, data.destination)]: 1 });
+  return { outcome: 'delivered' };
+}
+
+/** Backoff before retry `attemptsMade` (1 = the first retry): the server's Retry-After when it gave one, else exponential with full jitter, capped. */
+export function deliveryBackoff(destination: Destination, attemptsMade: number, error: unknown, random: () => number = Math.random): number {
+  if (error instanceof DeliveryRetryableError && error.retryAfterMs !== undefined) return error.retryAfterMs;
+  const cap = Math.min(destination.retry.maxMs, destination.retry.baseMs * 2 ** Math.max(0, attemptsMade - 1));
+  return Math.round(cap / 2 + (random() * cap) / 2);
+}
