@@ -3,9 +3,12 @@ import { MappingError } from '../mapping/errors.ts';
 import { SourceFileError } from '../source/raw.ts';
 import { registerCheckMapping } from './check-mapping.ts';
 import { registerDemo } from './demo.ts';
+import { registerDlq } from './dlq.ts';
 import { registerMap } from './map.ts';
+import { registerServe } from './serve.ts';
 import { registerTestMappings } from './test-mappings.ts';
 import { registerValidate } from './validate.ts';
+import { registerWorker } from './worker.ts';
 
 const program = new Command('trialbridge')
   .description('Maps clinical-trial site exports to FHIR R4 and delivers them to FHIR servers')
@@ -17,6 +20,9 @@ registerCheckMapping(program);
 registerTestMappings(program);
 registerValidate(program);
 registerDemo(program);
+registerWorker(program);
+registerDlq(program);
+registerServe(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,392 @@
+/**
+ * The HTTP API over a QueuePipeline: submissions per site (multipart or JSON), their counters and rejects,
+ * dead letters and replay, health, readiness, metrics, Bull Board and the OpenAPI document.
+ *
+ * Every /v1 route needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) scoped to one site; a key
+ * sees only its site's submissions and dead letters (403 otherwise). Nothing here logs keys, hashes, file
+ * contents or field values; rejects are returned with location and reason only.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import type { Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { createBullBoard } from '@bull-board/api';
+import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
+import { ExpressAdapter } from '@bull-board/express';
+import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
+import multer from 'multer';
+import type { QueuePipeline, SubmitResult } from '../queue/pipeline.ts';
+import type { DeadLetter } from '../queue/stages.ts';
+import { ApiError, errorHandler, notFound } from './errors.ts';
+import { ApiKeyStore, keyMatchesHash } from './keys.ts';
+import { createMetrics, type ApiMetrics } from './metrics.ts';
+import { openApiDocument } from './openapi.ts';
+
+export interface CreateAppOptions {
+  readonly pipeline: QueuePipeline;
+  readonly apiKeys: ApiKeyStore;
+  /** Request body limit (JSON body, and each uploaded file / whole multipart body), e.g. '20mb'. Default '50mb'. */
+  readonly bodyLimit?: string | number;
+  /** Where uploads are written before submission (a per-submission directory under it, removed after). */
+  readonly uploadDir?: string;
+  /** SHA-256 hex of the admin key that opens /admin/queues (default env TRIALBRIDGE_ADMIN_KEY_HASH); none: 404. */
+  readonly adminKeyHash?: string;
+  /** Whether /readyz asks each destination's /metadata (default true). */
+  readonly checkDestinations?: boolean;
+  /** Timeout of each readiness probe, ms (default 2000). */
+  readonly readinessTimeoutMs?: number;
+  /** Called after each accepted submission (embedding, tests: e.g. pipeline.waitForSubmission). */
+  readonly onSubmission?: (result: SubmitResult) => void;
+}
+
+export type ApiApp = Express & {
+  readonly metrics: ApiMetrics;
+  /** Stops the metrics event listeners (the pipeline is the caller's to close). */
+  close(): Promise<void>;
+};
+
+/** What is kept per submission made through the API: its site (the counters do not record it). */
+const SUBMISSION_TTL_SECONDS = 30 * 24 * 3600;
+const MAX_FILES = 200;
+
+type Locals = { site: string };
+
+export function createApp(options: CreateAppOptions): ApiApp {
+  const { pipeline, apiKeys } = options;
+  const bodyLimit = options.bodyLimit ?? '50mb';
+  const limitBytes = parseBytes(bodyLimit);
+  const uploadRoot = options.uploadDir ?? join(tmpdir(), 'trialbridge-uploads');
+  const adminKeyHash = options.adminKeyHash ?? process.env.TRIALBRIDGE_ADMIN_KEY_HASH;
+  const metrics = createMetrics(pipeline);
+  const siteKey = (id: string) => `${pipeline.names.prefix}:tb-api:submission-site:${encodeURIComponent(id)}`;
+
+  const app = express() as unknown as ApiApp;
+  app.disable('x-powered-by');
+  app.set('query parser', 'simple');
+
+  // Latency of every request, labelled by the route pattern (not the URL: ids would explode the labels).
+  app.use((req, res, next) => {
+    const end = metrics.requestDuration.startTimer();
+    res.on('finish', () => {
+      const route = req.route?.path ? String(req.route.path) : req.baseUrl || 'unmatched';
+      end({ method: req.method, route, status: String(res.statusCode) });
+    });
+    next();
+  });
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+
+  app.get('/readyz', async (_req, res) => {
+    const timeout = options.readinessTimeoutMs ?? 2000;
+    const checks: Record<string, { ok: boolean; message?: string }> = {};
+    checks.redis = await probe(async () => {
+      const pong = await withTimeout(pipeline.redis.ping(), timeout);
+      if (pong !== 'PONG') throw new Error(`unexpected answer ${pong}`);
+    });
+    if (options.checkDestinations ?? true) {
+      await Promise.all(
+        pipeline.context.config.destinations.map(async (d) => {
+          checks[`destination:${d.name}`] = await probe(async () => {
+            const r = await fetch(`${d.baseUrl}/metadata`, { headers: { accept: 'application/fhir+json' }, signal: AbortSignal.timeout(timeout) });
+            await r.body?.cancel();
+            if (!r.ok) throw new Error(`/metadata answered ${r.status}`);
+          });
+        }),
+      );
+    }
+    const ready = Object.values(checks).every((c) => c.ok);
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
+  });
+
+  app.get('/metrics', async (_req, res) => {
+    res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+  });
+
+  app.get('/openapi.json', (_req, res) => {
+    res.json(openApiDocument());
+  });
+
+  // Bull Board, behind the admin key.
+  const board = new ExpressAdapter();
+  board.setBasePath('/admin/queues');
+  createBullBoard({
+    queues: [pipeline.mappingQueue, ...pipeline.context.config.destinations.map((d) => pipeline.deliveryQueue(d.name))].map((q) => new BullMQAdapter(q, { readOnlyMode: false })),
+    // @bull-board/express may carry its own copy of @bull-board/api: same interface, distinct declarations.
+    serverAdapter: board as unknown as Parameters<typeof createBullBoard>[0]['serverAdapter'],
+  });
+  app.use(
+    '/admin/queues',
+    (req, _res, next) => {
+      const key = presentedKey(req);
+      if (!adminKeyHash) return next(new ApiError(404, 'not_found', 'the admin UI is not configured'));
+      if (key === undefined || !keyMatchesHash(key, adminKeyHash)) return next(new ApiError(401, 'unauthorized', 'a valid admin key is required'));
+      next();
+    },
+    board.getRouter() as RequestHandler,
+  );
+
+  // --- /v1: API key required ---
+  app.use('/v1', (req, res, next) => {
+    const key = presentedKey(req);
+    const site = key === undefined ? undefined : apiKeys.siteOf(key);
+    if (site === undefined) {
+      res.setHeader('WWW-Authenticate', 'Bearer');
+      return next(new ApiError(401, 'unauthorized', key === undefined ? 'an API key is required (Authorization: Bearer or X-API-Key)' : 'unknown API key'));
+    }
+    (res.locals as Locals).site = site;
+    next();
+  });
+
+  const requireSite = (req: Request, res: Response, site: string): void => {
+    if ((res.locals as Locals).site !== site) throw new ApiError(403, 'forbidden', `this API key is not scoped to site '${site}'`);
+  };
+
+  // Per-submission upload directory, made before multer writes to it.
+  const upload = multer({
+    storage: multer.diskStorage({
+      destination: (_req, _file, cb) => cb(null, (_req.res!.locals as Locals & { uploadDir: string }).uploadDir),
+      filename: (_req, file, cb) => {
+        try {
+          cb(null, safeFileName(file.originalname));
+        } catch (error) {
+          cb(error as Error, '');
+        }
+      },
+    }),
+    limits: { fileSize: limitBytes, files: MAX_FILES, fields: 10 },
+  });
+  const jsonBody = express.json({ limit: bodyLimit });
+
+  app.post(
+    '/v1/sites/:site/submissions',
+    (req, res, next) => {
+      const site = String(req.params.site);
+      requireSite(req, res, site);
+      if (!pipeline.context.config.mappings.some((m) => m.site === site)) throw new ApiError(404, 'unknown_site', `no mapping for site '${site}'`);
+      const length = Number(req.headers['content-length']);
+      if (Number.isFinite(length) && length > limitBytes) throw new ApiError(413, 'payload_too_large', 'request body exceeds the limit');
+      next();
+    },
+    async (req, res, next) => {
+      await mkdir(uploadRoot, { recursive: true });
+      (res.locals as { uploadDir?: string }).uploadDir = await mkdtemp(join(uploadRoot, 'sub-'));
+      next();
+    },
+    (req, res, next) => {
+      const dir = (res.locals as { uploadDir: string }).uploadDir;
+      const cleanupOnError = (error: unknown) => {
+        void rm(dir, { recursive: true, force: true });
+        next(error);
+      };
+      if (req.is('multipart/form-data')) {
+        upload.array('files', MAX_FILES)(req, res, (error?: unknown) => (error ? cleanupOnError(error) : next()));
+      } else if (req.is('application/json')) {
+        jsonBody(req, res, (error?: unknown) => (error ? cleanupOnError(error) : next()));
+      } else {
+        cleanupOnError(new ApiError(415, 'unsupported_media_type', 'send multipart/form-data (field "files") or application/json'));
+      }
+    },
+    async (req, res) => {
+      const site = String(req.params.site);
+      const dir = (res.locals as { uploadDir: string }).uploadDir;
+      try {
+        if (req.is('application/json')) await writeJsonFiles(dir, req.body);
+        else if (!Array.isArray(req.files) || req.files.length === 0) throw new ApiError(400, 'no_files', 'no files in field "files"');
+        const id = randomUUID();
+        await pipeline.redis.set(siteKey(id), site, 'EX', SUBMISSION_TTL_SECONDS);
+        let result: SubmitResult;
+        try {
+          result = await pipeline.submitExport(site, [dir], { submissionId: id });
+        } catch (error) {
+          await pipeline.redis.del(siteKey(id));
+          throw new ApiError(400, 'unreadable_export', `the export could not be read: ${error instanceof Error ? error.message : String(error)}`);
+        }
+        options.onSubmission?.(result);
+        const location = `/v1/submissions/${encodeURIComponent(id)}`;
+        res
+          .status(202)
+          .location(location)
+          .json({ id, site, subjects: result.subjects, queued: result.queued, duplicates: result.duplicates, recordsRejected: result.recordsRejected, location });
+      } finally {
+        // The records are in the mapping jobs now: the files are not kept.
+        await rm(dir, { recursive: true, force: true });
+      }
+    },
+  );
+
+  /** The site of a submission made through the API; 404 unknown, 403 another site's. */
+  const submissionSite = async (res: Response, id: string): Promise<string> => {
+    const site = await pipeline.redis.get(siteKey(id));
+    if (site === null) throw new ApiError(404, 'unknown_submission', `no submission '${id}'`);
+    if (site !== (res.locals as Locals).site) throw new ApiError(403, 'forbidden', `submission '${id}' belongs to another site`);
+    return site;
+  };
+
+  app.get('/v1/submissions/:id', async (req, res) => {
+    const id = String(req.params.id);
+    const site = await submissionSite(res, id);
+    const [c, letters] = await Promise.all([pipeline.submission(id), pipeline.deadLetters.list(id)]);
+    const destinations: Record<string, { queued: number; duplicates: number; delivered: number; deadLettered: number; replayed: number; pending: number }> = {};
+    for (const [name, d] of Object.entries(c.destinations)) {
+      destinations[name] = {
+        queued: d.deliveryQueued,
+        duplicates: d.deliveryDuplicates,
+        delivered: d.delivered,
+        deadLettered: d.deadLettered,
+        replayed: d.replayed,
+        pending: Math.max(0, d.deliveryQueued - d.delivered - d.deadLettered),
+      };
+    }
+    const mappingPending = Math.max(0, c.queued - c.mapped - c.subjectsRejected - c.mappingFailed);
+    const deliveryPending = Object.values(destinations).reduce((n, d) => n + d.pending, 0);
+    res.json({
+      id,
+      site,
+      status: mappingPending + deliveryPending === 0 ? 'finished' : 'in-progress',
+      counts: {
+        subjects: c.subjects,
+        queued: c.queued,
+        duplicates: c.duplicates,
+        mapped: c.mapped,
+        rejected: { subjects: c.subjectsRejected, records: c.recordsRejected },
+        mappingFailed: c.mappingFailed,
+        delivered: Object.values(destinations).reduce((n, d) => n + d.delivered, 0),
+        deadLettered: letters.length,
+        replayed: c.replayed,
+      },
+      destinations,
+      rejects: letters.filter((l) => l.stage !== 'deliver').map(rejectView),
+    });
+  });
+
+  app.post('/v1/submissions/:id/replay', async (req, res) => {
+    const id = String(req.params.id);
+    await submissionSite(res, id);
+    res.status(202).json(await pipeline.replayAll(id));
+  });
+
+  app.get('/v1/dead-letters', async (req, res) => {
+    const id = typeof req.query.submission === 'string' ? req.query.submission : '';
+    if (id === '') throw new ApiError(400, 'missing_parameter', 'query parameter "submission" is required');
+    await submissionSite(res, id);
+    const letters = (await pipeline.deadLetters.list(id)).filter((l) => l.site === (res.locals as Locals).site);
+    res.json({ submission: id, deadLetters: letters.map(deadLetterSummary) });
+  });
+
+  const siteDeadLetter = async (res: Response, id: string): Promise<DeadLetter> => {
+    const letter = await pipeline.deadLetters.show(id);
+    if (!letter) throw new ApiError(404, 'unknown_dead_letter', `no dead letter '${id}'`);
+    if (letter.site !== (res.locals as Locals).site) throw new ApiError(403, 'forbidden', `dead letter '${id}' belongs to another site`);
+    return letter;
+  };
+
+  app.get('/v1/dead-letters/:id', async (req, res) => {
+    res.json(await siteDeadLetter(res, String(req.params.id)));
+  });
+
+  app.post('/v1/dead-letters/:id/replay', async (req, res) => {
+    const id = String(req.params.id);
+    await siteDeadLetter(res, id);
+    res.status(202).json(await pipeline.replay(id));
+  });
+
+  app.use(notFound);
+  app.use(errorHandler);
+
+  return Object.assign(app, {
+    metrics,
+    close: () => metrics.close(),
+  });
+}
+
+/** Listens on `port` (0: any free port) on `host` (default 127.0.0.1); resolves once listening. */
+export function startServer(app: Express, port: number, host = '127.0.0.1'): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host, (error?: Error) => (error ? reject(error) : resolve(server)));
+  });
+}
+
+function presentedKey(req: Request): string | undefined {
+  const auth = req.headers.authorization;
+  if (typeof auth === 'string') {
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    if (m) return m[1];
+  }
+  const header = req.headers['x-api-key'];
+  return typeof header === 'string' && header !== '' ? header : undefined;
+}
+
+/** A plain file name: no directories, no dot files, nothing a path could escape with. */
+function safeFileName(name: unknown): string {
+  const n = typeof name === 'string' ? name : '';
+  if (n === '' || n !== basename(n) || n.startsWith('.') || n.includes('\\') || n.includes('\0') || n.length > 200) {
+    throw new ApiError(400, 'bad_file_name', 'file names must be plain names (no directories, not starting with a dot)');
+  }
+  return n;
+}
+
+async function writeJsonFiles(dir: string, body: unknown): Promise<void> {
+  const files = (body as { files?: unknown } | null)?.files;
+  if (!Array.isArray(files) || files.length === 0) throw new ApiError(400, 'malformed_body', 'expected { "files": [{ "name", "content" }, ...] }');
+  if (files.length > MAX_FILES) throw new ApiError(400, 'too_many_files', `at most ${MAX_FILES} files`);
+  const seen = new Set<string>();
+  for (const [i, f] of files.entries()) {
+    const { name, content } = (f ?? {}) as { name?: unknown; content?: unknown };
+    if (typeof content !== 'string') throw new ApiError(400, 'malformed_body', `files[${i}].content must be a string`);
+    const safe = safeFileName(name);
+    if (seen.has(safe)) throw new ApiError(400, 'malformed_body', `files[${i}]: duplicate name`);
+    seen.add(safe);
+    await writeFile(join(dir, safe), content, { flag: 'wx' });
+  }
+}
+
+/** A reject as the submission shows it: where and why, never the value. */
+function rejectView(l: DeadLetter) {
+  return {
+    id: l.id,
+    stage: l.stage,
+    ...(l.location ? { file: l.location.file, row: l.location.row, recordKey: l.location.key, field: l.location.field } : {}),
+    reason: l.reason,
+    replayable: l.replayable,
+  };
+}
+
+function deadLetterSummary(l: DeadLetter) {
+  return {
+    id: l.id,
+    stage: l.stage,
+    ...(l.location ? { location: l.location } : {}),
+    ...(l.destination ? { destination: l.destination } : {}),
+    ...(l.status !== undefined ? { status: l.status } : {}),
+    reason: l.reason,
+    replayable: l.replayable,
+    createdAt: l.createdAt,
+  };
+}
+
+async function probe(check: () => Promise<void>): Promise<{ ok: boolean; message?: string }> {
+  try {
+    await check();
+    return { ok: true };
+  } catch (error) {
+    return { ok: false, message: error instanceof Error ? error.message : String(error) };
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([p, new Promise<T>((_, reject) => (timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms)))]).finally(() => clearTimeout(timer));
+}
+
+/** '20mb', '512kb', 1024 → bytes (the units body-parser takes). */
+export function parseBytes(limit: string | number): number {
+  if (typeof limit === 'number') return limit;
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$/i.exec(limit);
+  if (!m) throw new Error(`bad size '${limit}'`);
+  const unit = { b: 1, kb: 1024, mb: 1024 ** 2, gb: 1024 ** 3 }[(m[2] ?? 'b').toLowerCase() as 'b'];
+  return Math.floor(Number(m[1]) * unit);
+}
+
