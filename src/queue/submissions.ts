@@ -8,6 +8,7 @@ import type { Redis } from 'ioredis';
 import type { QueueNames } from './names.ts';
 import { COUNTERS } from './stages.ts';
 
+const COUNT_ONCE_COMMAND = 'tbCountOnce';
 const COUNT_ONCE = `
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
 for i = 3, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
@@ -69,6 +70,8 @@ export class RedisSubmissions {
   readonly #ttlSeconds: number;
 
   constructor(redis: Redis, names: QueueNames, ttlSeconds = 30 * 24 * 3600) {
+    // A named script (EVALSHA, loaded once per connection) rather than sending the Lua text with every event.
+    if (!(COUNT_ONCE_COMMAND in redis)) redis.defineCommand(COUNT_ONCE_COMMAND, { numberOfKeys: 2, lua: COUNT_ONCE });
     this.#redis = redis;
     this.#names = names;
     this.#ttlSeconds = ttlSeconds;
@@ -77,7 +80,8 @@ export class RedisSubmissions {
   /** Adds the increments once per onceKey. */
   async count(submissionId: string, onceKey: string, increments: Readonly<Record<string, number>>): Promise<void> {
     const pairs = Object.entries(increments).filter(([, n]) => n !== 0).flatMap(([field, n]) => [field, String(n)]);
-    await this.#redis.eval(COUNT_ONCE, 2, this.#names.countedKey(submissionId), this.#names.submissionKey(submissionId), onceKey, String(this.#ttlSeconds), ...pairs);
+    const redis = this.#redis as Redis & Record<typeof COUNT_ONCE_COMMAND, (...args: string[]) => Promise<number>>;
+    await redis[COUNT_ONCE_COMMAND](this.#names.countedKey(submissionId), this.#names.submissionKey(submissionId), onceKey, String(this.#ttlSeconds), ...pairs);
   }
 
   /** Adds the increments unconditionally (producer-side events: a submission, a replay). */
