@@ -20,6 +20,8 @@ beforeEach(async () => {
   pem = await exportPKCS8((await generateKeyPair('RS384', { extractable: true })).privateKey);
   writeFileSync(join(dir, 'secrets', 'hopital-a-smart-key.pem'), pem);
   writeFileSync(join(dir, 'secrets', 'sponsor-api-token'), `${SPONSOR_TOKEN}\n`);
+  mkdirSync(join(dir, 'certs'));
+  copyFileSync(new URL('../../test/support/tls/localhost-cert.pem', import.meta.url).pathname, join(dir, 'certs', 'hopital-a-ca.pem'));
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -58,6 +60,8 @@ group('loadDestinations', () => {
     expect(hospital.auth.type).toBe('smart-backend-services');
     expect(hospital.auth.type === 'smart-backend-services' && hospital.auth.privateKey.reveal()).toBe(pem.trim());
     expect(() => createAuth(hospital.auth)).not.toThrow();
+    expect(hospital.tls?.caFile).toBe(join(dir, 'certs', 'hopital-a-ca.pem'));
+    expect(hospital.tls?.ca).toContain('BEGIN CERTIFICATE');
 
     expect(registry).toMatchObject({ kind: 'registry', sites: '*', rateLimit: { max: 10, perMs: 1000 }, transactions: true, concurrency: 4, maxEntries: 50 });
     expect(registry.auth.type === 'oauth2-client-credentials' && registry.auth.clientSecret.reveal()).toBe(REGISTRY_SECRET);
@@ -121,6 +125,23 @@ group('loadDestinations', () => {
 `));
     expect(error.message).toMatch(/key\.yaml:2: destinations\.0\.pseudonymisationKey.*a secret must be/);
     expect(error.message).not.toContain('test-only-inline-key');
+  });
+
+  it('names the file and key of a CA bundle that is missing or holds no certificate', () => {
+    writeFileSync(join(dir, 'not-a-cert.pem'), 'hello\n');
+    const path = write('tls.yaml', MINIMAL(`    pseudonymise: false
+    tls: { caFile: certs/absent.pem }
+    auth: { type: none }
+  - name: other
+    kind: hospital
+    baseUrl: https://other.example/fhir
+    sites: "*"
+    tls: { caFile: not-a-cert.pem }
+    auth: { type: none }
+`));
+    const messages = loadError(path, {}).issues.map((i) => `${i.file.split('/').pop()}:${i.line} ${i.key}: ${i.message}`);
+    expect(messages).toContainEqual(expect.stringMatching(/^tls\.yaml:\d+ destinations\.0\.tls\.caFile: cannot read CA bundle .*certs\/absent\.pem \(ENOENT\)$/));
+    expect(messages).toContainEqual(expect.stringMatching(/^tls\.yaml:\d+ destinations\.1\.tls\.caFile: .*not-a-cert\.pem holds no PEM certificate$/));
   });
 
   it('names destination and field when a secret cannot be resolved, never its value', () => {

@@ -64,7 +64,16 @@ export interface Destination {
   readonly rateLimit?: { readonly max: number; readonly perMs: number };
   /** Timeout of one request. */
   readonly timeoutMs: number;
-  readonly retry: { readonly attempts: number; readonly baseMs: number; readonly maxMs: number };
+  /**
+   * `attempts`: tries of a bundle's delivery in the queue, the first included (each one a job attempt, with
+   * backoff from `baseMs` up to `maxMs`, or the server's Retry-After). `requestAttempts`: tries of one HTTP
+   * request inside a delivery attempt, for blips (a reset connection, one 503), with short waits from `baseMs`
+   * capped at 4 × `baseMs`. A dead server therefore costs `attempts` × `requestAttempts` requests per bundle
+   * at most, and far fewer once the circuit breaker opens.
+   */
+  readonly retry: { readonly attempts: number; readonly requestAttempts: number; readonly baseMs: number; readonly maxMs: number };
+  /** TLS: a CA bundle (PEM) trusted for this destination besides the system's, e.g. a hospital's private CA. */
+  readonly tls?: { readonly caFile: string; readonly ca: string };
   /** Stop sending for `openMs` after `failures` consecutive failures. */
   readonly circuitBreaker: { readonly failures: number; readonly openMs: number };
   /** Bundles are pseudonymised (pseudonymise.ts) before they leave; default true for sponsors. */
@@ -108,7 +117,7 @@ export const DEFAULTS = {
   transactions: 'detect',
   concurrency: 4,
   timeoutMs: 30_000,
-  retry: { attempts: 5, baseMs: 500, maxMs: 30_000 },
+  retry: { attempts: 5, requestAttempts: 3, baseMs: 500, maxMs: 30_000 },
   circuitBreaker: { failures: 5, openMs: 60_000 },
 } as const;
 
@@ -172,7 +181,18 @@ export const destinationsSchema = {
         retry: {
           type: 'object',
           additionalProperties: false,
-          properties: { attempts: positiveInt, baseMs: { type: 'integer', minimum: 0 }, maxMs: { type: 'integer', minimum: 0 } },
+          properties: {
+            attempts: positiveInt,
+            requestAttempts: positiveInt,
+            baseMs: { type: 'integer', minimum: 0 },
+            maxMs: { type: 'integer', minimum: 0 },
+          },
+        },
+        tls: {
+          type: 'object',
+          required: ['caFile'],
+          additionalProperties: false,
+          properties: { caFile: { type: 'string', minLength: 1 } },
         },
         circuitBreaker: {
           type: 'object',
@@ -413,6 +433,18 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
     const retry = { ...DEFAULTS.retry, ...(d.retry as object | undefined) };
     if (retry.maxMs < retry.baseMs) issue(index, ['retry', 'maxMs'], 'must be at least retry.baseMs');
     const maxEntries = (d.maxEntries as number | undefined) ?? DEFAULTS.maxEntries;
+    let tls: Destination['tls'];
+    const caFile = (d.tls as { caFile?: string } | undefined)?.caFile;
+    if (caFile !== undefined) {
+      const target = resolve(baseDir, caFile);
+      try {
+        const ca = readFileSync(target, 'utf8');
+        if (!ca.includes('-----BEGIN CERTIFICATE-----')) issue(index, ['tls', 'caFile'], `${displayPath(target)} holds no PEM certificate`);
+        else tls = { caFile: target, ca };
+      } catch (err) {
+        issue(index, ['tls', 'caFile'], `cannot read CA bundle ${displayPath(target)} (${(err as NodeJS.ErrnoException).code ?? 'error'})`);
+      }
+    }
 
     destinations.push({
       name: d.name,
@@ -428,6 +460,7 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
       rateLimit: d.rateLimit as Destination['rateLimit'],
       timeoutMs: (d.timeoutMs as number | undefined) ?? DEFAULTS.timeoutMs,
       retry,
+      ...(tls ? { tls } : {}),
       circuitBreaker: { ...DEFAULTS.circuitBreaker, ...(d.circuitBreaker as object | undefined) },
       pseudonymise,
       pseudonymisationKey,

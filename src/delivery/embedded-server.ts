@@ -90,6 +90,11 @@ export interface EmbeddedFhirServerOptions {
   readonly medplumTransactionLimits?: boolean;
   /** Request body limit for express.json (default '20mb'). */
   readonly bodyLimit?: string | number;
+  /**
+   * Checks each request's Authorization header (default: none needed); false answers 401 with an
+   * OperationOutcome and a WWW-Authenticate challenge, as a protected server would.
+   */
+  readonly authorize?: (authorization: string | undefined) => boolean | Promise<boolean>;
 }
 
 export interface EmbeddedFhirServer {
@@ -336,6 +341,17 @@ export async function startEmbeddedFhirServer(options: EmbeddedFhirServerOptions
     requests++;
     next();
   });
+  const authorize = options.authorize;
+  if (authorize) {
+    app.use(BASE_PATH, (req: Request, res: Response, next: NextFunction) => {
+      Promise.resolve(authorize(req.get('authorization'))).then((ok) => {
+        if (ok) return next();
+        const [status, oo] = outcome(401, 'login', 'Missing or invalid access token');
+        res.set('WWW-Authenticate', 'Bearer error="invalid_token"');
+        send(res, status, oo);
+      }, next);
+    });
+  }
   app.use(BASE_PATH, express.json({ type: JSON_TYPES, limit: options.bodyLimit ?? '20mb' }));
   app.use(BASE_PATH, (req: Request, res: Response, next: NextFunction) => {
     queue(() => handle(req)).then(([status, body, headers]) => {

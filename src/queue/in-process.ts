@@ -21,6 +21,7 @@ import {
   type PipelineConfig,
   type PipelineStore,
 } from './stages.ts';
+import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { toSubmissionCounters, type SubmissionCounters } from './submissions.ts';
 
 export interface InProcessExport {
@@ -110,6 +111,12 @@ export async function runInProcess(options: InProcessOptions): Promise<InProcess
         await runDeliveryJob(ctx, store, job.jobId, job.data, attempt >= destination.retry.attempts);
         break;
       } catch (error) {
+        if (error instanceof CircuitOpenError) {
+          // Paused destination: wait for the probe time; this was not an attempt.
+          attempt--;
+          await sleep(Math.max(error.retryAfterMs, 1));
+          continue;
+        }
         await sleep(deliveryBackoff(destination, attempt, error));
       }
     }

@@ -11,8 +11,9 @@
  *
  * Retries: a delivery job has the destination's `retry.attempts` attempts; between them the custom backoff
  * `tb-delivery` waits the server's Retry-After when the DeliveryRetryableError carries one, else exponential
- * from `retry.baseMs` up to `retry.maxMs`. Inside one attempt deliverBundle retries each request under the
- * same policy, so a dead server costs up to attempts × attempts requests before the job is dead-lettered.
+ * from `retry.baseMs` up to `retry.maxMs`. Inside one attempt deliverBundle retries each request only
+ * `retry.requestAttempts` times with short waits (blips); a dead server opens the destination's circuit
+ * breaker, which pauses its queue (see README.md) instead of spending attempts.
  * A 4xx rejection is not retried: dead-lettered at once with the server's OperationOutcome.
  *
  * Crash recovery (BullMQ stalled jobs): an active job holds a lock of `lockDuration` (default 30 s), renewed
@@ -26,7 +27,8 @@
  * queues and connections; `closeOnSignals()` wires it to SIGINT/SIGTERM.
  */
 import { randomUUID } from 'node:crypto';
-import { Job, Queue, QueueEvents, Worker, type JobsOptions } from 'bullmq';
+import { Job, Queue, QueueEvents, RateLimitError, Worker, type JobsOptions } from 'bullmq';
+import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { Redis } from 'ioredis';
 import type { Destination } from '../delivery/destinations.ts';
 import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
@@ -111,6 +113,9 @@ interface WorkerCommon {
 const MAP_JOB = 'map';
 const DELIVER_JOB = 'deliver';
 const BACKOFF_TYPE = 'tb-delivery';
+/** How long a queue is paused while another job of the same process is the circuit's probe. */
+const CIRCUIT_RECHECK_MS = 200;
+const UNBOUNDED_RATE = 1_000_000_000;
 
 export class QueuePipeline {
   readonly names: QueueNames;
@@ -247,13 +252,26 @@ export class QueuePipeline {
   }
 
   #deliveryWorker(d: Destination, common: WorkerCommon): Worker<DeliveryJobData, DeliveryJobResult> {
+    const queue = this.deliveryQueue(d.name);
     return new Worker<DeliveryJobData, DeliveryJobResult>(
       this.names.delivery(d.name),
-      (job) => runDeliveryJob(this.context, this.#store, job.id!, job.data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1)),
+      async (job) => {
+        try {
+          return await runDeliveryJob(this.context, this.#store, job.id!, job.data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
+        } catch (error) {
+          if (!(error instanceof CircuitOpenError)) throw error;
+          // The circuit of this destination is open: pause its queue for every worker (the pause lives in
+          // Redis) and hand the job back without spending an attempt. Other destinations' queues go on.
+          await queue.rateLimit(Math.max(error.retryAfterMs, CIRCUIT_RECHECK_MS));
+          throw new RateLimitError();
+        }
+      },
       {
         ...common,
         concurrency: d.concurrency,
-        ...(d.rateLimit ? { limiter: { max: d.rateLimit.max, duration: d.rateLimit.perMs } } : {}),
+        // BullMQ honours a manual pause (queue.rateLimit, used by the circuit breaker) only when the worker has
+        // a limiter, so a destination without a rate limit gets one that never binds.
+        limiter: d.rateLimit ? { max: d.rateLimit.max, duration: d.rateLimit.perMs } : { max: UNBOUNDED_RATE, duration: 1000 },
         settings: { backoffStrategy: (attemptsMade: number, _type?: string, error?: Error) => deliveryBackoff(d, attemptsMade, error) },
       },
     );
@@ -274,6 +292,11 @@ export class QueuePipeline {
    * events, not polling). Rejects when a job failed for good.
    */
   async waitForSubmission(result: Pick<SubmitResult, 'mappingJobs'>): Promise<void> {
+    await this.waitForJobs(await this.waitForMapping(result));
+  }
+
+  /** Waits until every mapping job of a submission has finished; resolves the delivery jobs they made. */
+  async waitForMapping(result: Pick<SubmitResult, 'mappingJobs'>): Promise<{ destination: string; jobId: string }[]> {
     const mapEvents = this.#queueEvents(this.#mappingQueue);
     await mapEvents.waitUntilReady();
     const deliveries: { destination: string; jobId: string }[] = [];
@@ -285,7 +308,7 @@ export class QueuePipeline {
         deliveries.push(...value.deliveries);
       }),
     );
-    await this.waitForJobs(deliveries);
+    return deliveries;
   }
 
   /** Waits for delivery jobs by id. */

@@ -8,10 +8,13 @@ import type { Bundle, OperationOutcome } from '@medplum/fhirtypes';
 import { subjectBundle } from '../bundle/transaction.ts';
 import { validationCheck } from '../bundle/map-export.ts';
 import { createAuth } from '../delivery/auth/index.ts';
+import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../delivery/circuit-breaker.ts';
 import { FhirClient } from '../delivery/client.ts';
 import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from '../delivery/deliver.ts';
 import type { Destination } from '../delivery/destinations.ts';
 import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
+import { filterBundle } from '../delivery/resource-filter.ts';
+import { fetchTrusting } from '../delivery/tls.ts';
 import type { CompiledMapping } from '../mapping/compile.ts';
 import { mapRecords } from '../mapping/engine.ts';
 import { readSourceRecords } from '../mapping/records.ts';
@@ -100,6 +103,8 @@ export const COUNTERS = {
   deliveryQueued: 'deliveryQueued',
   /** Delivery jobs not added: identical job exists, per destination. */
   deliveryDuplicates: 'deliveryDuplicates',
+  /** Bundles holding no resource type the destination takes (its resourceTypes), so not sent, per destination. */
+  notForDestination: 'notForDestination',
   /** Bundles delivered, per destination. */
   delivered: 'delivered',
   /** Bundles dead-lettered (rejected by the server, retries exhausted, destination profile failed), per destination. */
@@ -126,6 +131,8 @@ export interface PipelineConfig {
   readonly clientFor?: (destination: Destination) => FhirClient;
   /** Extra deliverBundle options (tests inject `sleep`). */
   readonly deliverOptions?: Partial<DeliverOptions>;
+  /** Clock of the circuit breakers (default Date.now). */
+  readonly now?: () => number;
 }
 
 /** Prepared configuration: lookups and one FHIR client per destination. */
@@ -134,18 +141,17 @@ export class PipelineContext {
   readonly #mappings = new Map<string, CompiledMapping>();
   readonly #destinations = new Map<string, Destination>();
   readonly #clients = new Map<string, FhirClient>();
+  /** Per process: each worker process judges a destination by what it saw itself. */
+  readonly breakers: CircuitBreakers;
 
   constructor(config: PipelineConfig) {
+    this.breakers = new CircuitBreakers(config.now);
     this.config = config;
     for (const m of config.mappings) {
       if (this.#mappings.has(m.site)) throw new Error(`two mappings for site '${m.site}'`);
       this.#mappings.set(m.site, m);
     }
     for (const d of config.destinations) {
-      if (d.resourceTypes !== '*') {
-        // Dropping entries would leave references (Provenance targets, subjects) dangling: not done silently.
-        throw new Error(`destination '${d.name}': resourceTypes allow-lists are not supported by the queue pipeline yet`);
-      }
       if (d.profiles.length > 0 && !config.validator) throw new Error(`destination '${d.name}' requires profiles: the pipeline needs a validator`);
       this.#destinations.set(d.name, d);
     }
@@ -171,19 +177,35 @@ export class PipelineContext {
   client(destination: Destination): FhirClient {
     let client = this.#clients.get(destination.name);
     if (!client) {
+      const fetch = destination.tls ? fetchTrusting(destination.tls.ca) : undefined;
       client =
         this.config.clientFor?.(destination) ??
-        new FhirClient({ baseUrl: destination.baseUrl, timeoutMs: destination.timeoutMs, auth: createAuth(destination.auth) });
+        new FhirClient({
+          baseUrl: destination.baseUrl,
+          timeoutMs: destination.timeoutMs,
+          auth: createAuth(destination.auth, fetch ? { fetch } : {}),
+          ...(fetch ? { fetch } : {}),
+        });
       this.#clients.set(destination.name, client);
     }
     return client;
+  }
+
+  breaker(destination: Destination): CircuitBreaker {
+    return this.breakers.for(destination);
   }
 
   deliverOptions(destination: Destination): DeliverOptions {
     return {
       maxEntries: destination.atomic ? undefined : destination.maxEntries,
       transactions: destination.transactions,
-      retry: { maxAttempts: destination.retry.attempts, baseDelayMs: destination.retry.baseMs, maxDelayMs: destination.retry.maxMs },
+      // Short in-request retries for blips; longer outages are the queue's job (retry.attempts, with backoff).
+      retry: {
+        maxAttempts: destination.retry.requestAttempts,
+        baseDelayMs: destination.retry.baseMs,
+        maxDelayMs: Math.min(destination.retry.maxMs, destination.retry.baseMs * 4),
+        maxRetryAfterMs: Math.min(destination.retry.maxMs, 10_000),
+      },
       ...this.config.deliverOptions,
     };
   }
@@ -281,7 +303,13 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
     increments[COUNTERS.mapped] = 1;
     const bundle = subjectBundle(mapping, subject, { recorded: data.recorded });
     for (const destination of ctx.destinationsFor(data.site)) {
-      const sent = destination.pseudonymise ? pseudonymiseBundle(bundle, destination.pseudonymisationKey!.reveal()) : bundle;
+      const allowed = filterBundle(bundle, destination.resourceTypes);
+      if (!allowed) {
+        const skipped = perDestination(COUNTERS.notForDestination, destination.name);
+        increments[skipped] = (increments[skipped] ?? 0) + 1;
+        continue;
+      }
+      const sent = destination.pseudonymise ? pseudonymiseBundle(allowed, destination.pseudonymisationKey!.reveal()) : allowed;
       const deliveryId = deliveryJobId(destination.name, data.site, data.subject, sent);
       if (destination.profiles.length > 0) {
         const issues = (sent.entry ?? []).flatMap((e) =>
@@ -370,10 +398,16 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
     await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
     return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
   };
+  const breaker = ctx.breaker(destination);
+  // While the destination is paused nothing is sent; the caller waits (not an attempt) and tries again.
+  if (!breaker.tryAcquire()) throw new CircuitOpenError(destination.name, breaker.retryAfterMs());
   let result;
   try {
     result = await deliverBundle(ctx.client(destination), data.bundle, ctx.deliverOptions(destination));
+    // A rejection of the data is an answer: the server is up.
+    breaker.success();
   } catch (error) {
+    breaker.failure();
     if (!finalAttempt) throw error;
     const status = error instanceof DeliveryRetryableError ? error.status : (error as { status?: number }).status;
     return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}`, status);

@@ -23,6 +23,8 @@ export interface DestinationCounters {
   delivered: number;
   deadLettered: number;
   replayed: number;
+  /** Bundles with no resource type the destination takes. */
+  notForDestination: number;
 }
 
 export interface SubmissionCounters {
@@ -46,7 +48,7 @@ export function toSubmissionCounters(id: string, fields: Readonly<Record<string,
     if (at < 0) continue;
     const counter = field.slice(0, at) as keyof DestinationCounters;
     const destination = field.slice(at + 1);
-    destinations[destination] ??= { deliveryQueued: 0, deliveryDuplicates: 0, delivered: 0, deadLettered: 0, replayed: 0 };
+    destinations[destination] ??= { deliveryQueued: 0, deliveryDuplicates: 0, delivered: 0, deadLettered: 0, replayed: 0, notForDestination: 0 };
     if (counter in destinations[destination]) destinations[destination][counter] += value;
   }
   const get = (name: string) => fields[name] ?? 0;

@@ -49,7 +49,7 @@ async function destinations(hospital: EmbeddedFhirServer, sponsor?: EmbeddedFhir
     '    kind: hospital',
     `    baseUrl: ${hospital.baseUrl}`,
     `    sites: [${SITE}]`,
-    '    retry: { attempts: 2, baseMs: 10, maxMs: 50 }',
+    '    retry: { attempts: 2, requestAttempts: 2, baseMs: 10, maxMs: 50 }',
     '    auth: { type: none }',
   ];
   if (sponsor) {
@@ -58,7 +58,7 @@ async function destinations(hospital: EmbeddedFhirServer, sponsor?: EmbeddedFhir
       '    kind: sponsor',
       `    baseUrl: ${sponsor.baseUrl}`,
       '    sites: "*"',
-      '    retry: { attempts: 2, baseMs: 10, maxMs: 50 }',
+      '    retry: { attempts: 2, requestAttempts: 2, baseMs: 10, maxMs: 50 }',
       '    pseudonymisationKey: { env: TB_TEST_PSEUDONYM_KEY }',
       '    auth: { type: none }',
     );

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { Secret } from '../destinations.ts';
 import { createAuth, type AuthConfig } from './index.ts';
-import { gate, TestTokenServer, type TokenRequest } from './test-token-server.ts';
+import { gate, TestTokenServer, type TokenRequest } from '../../../test/support/token-server.ts';
 
 const CLIENT_ID = 'trialbridge-registry';
 const CLIENT_SECRET = 'test-only s3cret: with+reserved&chars';

@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { Secret } from '../destinations.ts';
 import { createAuth, type AuthConfig } from './index.ts';
 import { CLIENT_ASSERTION_TYPE, parsePrivateKey } from './smart-backend-services.ts';
-import { gate, TestTokenServer } from './test-token-server.ts';
+import { gate, TestTokenServer } from '../../../test/support/token-server.ts';
 
 const CLIENT_ID = 'trialbridge-hospital';
 const SCOPE = 'system/Patient.write system/ResearchSubject.write';
