@@ -1,14 +1,14 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Command } from 'commander';
-import { mapExport, type MappedExport } from '../bundle/map-export.ts';
-import { compileMapping } from '../mapping/compile.ts';
+import { defaultValidator, mapExport, type MappedExport } from '../bundle/map-export.ts';
+import { compileMapping, type CompiledMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
-import { FhirClient } from '../delivery/client.ts';
-import { deliverBundle } from '../delivery/deliver.ts';
 import { startEmbeddedFhirServer } from '../delivery/embedded-server.ts';
 import { bundleGroups, trialFigures } from '../report/figures.ts';
+import { demoDelivery } from './demo-delivery.ts';
 import { formatSummary, writeMappedExport } from './output.ts';
+import { redisConnection } from './worker.ts';
 
 /** The sample sites of the reference trial and their mappings. */
 export const SAMPLE_SITES = [
@@ -23,13 +23,18 @@ const DEMO_RECORDED = '2019-01-01T00:00:00Z';
 export function registerDemo(program: Command): void {
   program
     .command('demo')
-    .description('map the three sample sites of the reference trial, deliver them to an embedded FHIR server, print the pooled trial figures')
+    .description(
+      'map the three sample sites of the reference trial, print the pooled trial figures, and deliver them to embedded FHIR servers (through BullMQ when REDIS_URL is set, in process otherwise)',
+    )
     .option('-o, --out <dir>', 'output directory', 'out/demo')
     .action(async (options: { out: string }) => {
       const mapped: MappedExport[] = [];
+      const mappings: CompiledMapping[] = [];
+      const validator = await defaultValidator();
       for (const sample of SAMPLE_SITES) {
         const mapping = await compileMapping(await loadMapping(sample.mapping));
-        const result = await mapExport(mapping, [sample.input], { recorded: DEMO_RECORDED });
+        mappings.push(mapping);
+        const result = await mapExport(mapping, [sample.input], { recorded: DEMO_RECORDED, validator });
         await writeMappedExport(options.out, result, false);
         console.log(formatSummary(result));
         mapped.push(result);
@@ -47,49 +52,29 @@ export function registerDemo(program: Command): void {
       console.log(`  median OS ${figures.km.os.medianMonths?.toFixed(1)} months, PFS ${figures.km.pfs.medianMonths?.toFixed(1)} months`);
       console.log(`  portal trunk/first branch invasion (n=${figures.km.subgroupVp34.n}): OS ${figures.km.subgroupVp34.os.medianMonths?.toFixed(1)}, PFS ${figures.km.subgroupVp34.pfs.medianMonths?.toFixed(1)} months`);
       console.log(`\nBundles, summaries and rejects in ${options.out}/`);
-      await deliverToEmbeddedServer(mapped);
+      const expected: Record<string, number> = {};
+      for (const m of mapped) {
+        for (const [type, n] of Object.entries(m.summary.resourcesByType)) expected[type] = (expected[type] ?? 0) + n;
+      }
+      // The ResearchStudy is one for the whole trial, whichever site sends it.
+      expected.ResearchStudy = 1;
+      const hospital = await startEmbeddedFhirServer();
+      const sponsor = await startEmbeddedFhirServer();
+      try {
+        const passes = await demoDelivery({
+          mappings,
+          validator,
+          exports: SAMPLE_SITES.map((s) => ({ site: s.site, inputs: [s.input] })),
+          hospital,
+          sponsor,
+          expected,
+          recorded: DEMO_RECORDED,
+          ...(process.env.REDIS_URL ? { redis: redisConnection(process.env.REDIS_URL) } : {}),
+          log: (line) => console.log(line),
+        });
+        if (passes.some((p) => !p.exact || p.deadLettered > 0)) process.exitCode = 1;
+      } finally {
+        await Promise.all([hospital.close(), sponsor.close()]);
+      }
     });
 }
-
-/**
- * Delivers every bundle twice to an embedded FHIR server (in memory, on a local port) and reads the counts
- * back by FHIR search: the second pass must change nothing, since every entry is a conditional update.
- */
-async function deliverToEmbeddedServer(mapped: readonly MappedExport[]): Promise<void> {
-  const server = await startEmbeddedFhirServer();
-  try {
-    const client = new FhirClient({ baseUrl: server.baseUrl });
-    const expected: Record<string, number> = {};
-    for (const m of mapped) {
-      for (const [type, n] of Object.entries(m.summary.resourcesByType)) expected[type] = (expected[type] ?? 0) + n;
-    }
-    // The ResearchStudy is one for the whole trial, whichever site sends it.
-    expected.ResearchStudy = 1;
-    const counts = async () => {
-      const out: Record<string, number> = {};
-      for (const type of Object.keys(expected).sort()) {
-        const response = await client.get<{ total?: number }>(`${type}?_summary=count`);
-        out[type] = response.body?.total ?? 0;
-      }
-      return out;
-    };
-    const bundles = mapped.flatMap((m) => m.bundles.map((b) => b.bundle));
-    for (const pass of [1, 2]) {
-      const started = performance.now();
-      let rejected = 0;
-      for (const bundle of bundles) if ((await deliverBundle(client, bundle)).outcome === 'rejected') rejected++;
-      const seconds = (performance.now() - started) / 1000;
-      const onServer = await counts();
-      const same = Object.keys(expected).every((type) => onServer[type] === expected[type]);
-      console.log(
-        `\nDelivery pass ${pass} to the embedded FHIR server ${server.baseUrl}: ${bundles.length - rejected} bundles delivered, ${rejected} rejected, in ${seconds.toFixed(1)} s`,
-      );
-      console.log(`  on the server (FHIR search): ${Object.entries(onServer).map(([t, n]) => `${t} ${n}`).join(', ')}`);
-      console.log(`  ${same ? 'exactly the mapped resources, no duplicates' : `DIFFERS from the mapping: ${JSON.stringify(expected)}`}`);
-      if (!same || rejected > 0) process.exitCode = 1;
-    }
-  } finally {
-    await server.close();
-  }
-}
-

@@ -98,7 +98,7 @@ export class CircuitBreaker {
    * Runs `fn` through the breaker: throws CircuitOpenError without calling it when the circuit is open;
    * `isFailure` decides which outcomes count as failures (default: a thrown error; a resolved value never).
    */
-  async run<T>(fn: () => Promise<T>, isFailure: (result: { value?: T; error?: unknown }) => boolean = (r) => 'error' in r): Promise<T> {
+  async run<T>(fn: () => Promise<T>, isFailure: (result: { value?: T; error?: unknown }) => boolean = thrown): Promise<T> {
     if (!this.tryAcquire()) throw new CircuitOpenError(this.name, this.retryAfterMs());
     let value: T;
     try {
@@ -112,6 +112,11 @@ export class CircuitBreaker {
     else this.success();
     return value;
   }
+}
+
+/** The default failure test of `run`: the call threw. */
+function thrown(result: { error?: unknown }): boolean {
+  return Object.hasOwn(result, 'error');
 }
 
 /** One breaker per destination name, made on first use. */
