@@ -202,6 +202,22 @@ group('loadDestinations', () => {
     expect(error.message).not.toContain('test-only-pw');
   });
 
+  it('takes plain http to a remote host only with allowHttp, and never for a token URL', () => {
+    const ok = write('http-ok.yaml', `destinations:
+  - { name: compose, kind: hospital, baseUrl: "http://hospital-fhir:8080/fhir", allowHttp: true, sites: "*", auth: { type: none } }
+`);
+    expect(loadDestinations(ok, {})[0].baseUrl).toBe('http://hospital-fhir:8080/fhir');
+    const bad = write('http-token.yaml', `destinations:
+  - name: compose
+    kind: hospital
+    baseUrl: http://hospital-fhir:8080/fhir
+    allowHttp: true
+    sites: "*"
+    auth: { type: oauth2-client-credentials, tokenUrl: "http://auth:9000/token", clientId: x, clientSecret: { env: TB_X } }
+`);
+    expect(loadError(bad, { TB_X: 'y' }).message).toMatch(/destinations\.0\.auth\.tokenUrl .*must use https/);
+  });
+
   it('requires a pseudonymisation key for sponsors unless pseudonymise is false', () => {
     const noKey = write('nokey.yaml', `destinations:
   - { name: s, kind: sponsor, baseUrl: "https://s.example", sites: "*", auth: { type: none } }

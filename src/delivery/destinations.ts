@@ -154,6 +154,7 @@ export const destinationsSchema = {
         name: { type: 'string', pattern: '^[a-z0-9][a-z0-9._-]*$', maxLength: 64 },
         kind: { enum: ['hospital', 'registry', 'sponsor'] },
         baseUrl: httpUrl,
+        allowHttp: { type: 'boolean' },
         sites: {
           anyOf: [
             { const: '*' },
@@ -303,6 +304,8 @@ function isLoopback(host: string): boolean {
 }
 
 /** Problems with a URL that the schema cannot see: credentials in it, clear text to a remote host. */
+const HTTP_PROBLEM = 'must use https (http is only allowed to localhost, or with allowHttp: true on a private network)';
+
 function urlProblem(value: string): string | undefined {
   let url: URL;
   try {
@@ -311,7 +314,7 @@ function urlProblem(value: string): string | undefined {
     return 'is not a valid URL';
   }
   if (url.username || url.password) return 'must not contain credentials (use auth with { env } or { file })';
-  if (url.protocol === 'http:' && !isLoopback(url.hostname)) return 'must use https (http is only allowed to localhost)';
+  if (url.protocol === 'http:' && !isLoopback(url.hostname)) return HTTP_PROBLEM;
   if (url.hash) return 'must not have a #fragment';
   return undefined;
 }
@@ -373,7 +376,9 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
       const value = keyPath.reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], d);
       if (typeof value !== 'string') continue;
       const problem = urlProblem(value);
-      if (problem) issue(index, keyPath, problem);
+      // allowHttp: a FHIR server on a private network without TLS (docker compose); never for token URLs.
+      const allowed = key === 'baseUrl' && d.allowHttp === true && problem === HTTP_PROBLEM;
+      if (problem && !allowed) issue(index, keyPath, problem);
     }
 
     const resolveSecret = (keyPath: string[], ref: unknown): Secret | undefined => {
