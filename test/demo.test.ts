@@ -24,6 +24,13 @@ describe('npm run demo (the README main job)', () => {
     expect(stdout).toMatch(/sponsor holds \(FHIR search\): AdverseEvent 147, .*Patient 47, .*ResearchStudy 1, ResearchSubject 47/);
     const figures = JSON.parse(await readFile(join(out, 'pooled-figures.json'), 'utf8'));
     expect(figures.subjects).toBe(47);
+    // The sponsor's report, read back from the pseudonymised server alone.
+    expect(stdout).toContain("Sponsor report from the sponsor's FHIR server");
+    expect(stdout).toContain('47 subjects at 3 sites (site-a 18, site-b 15, site-c 14)');
+    expect(stdout).toContain('median OS 24.6 (95% CI 17.0–43.8) months; PFS 6.8 (95% CI 5.0–16.4) months');
+    expect(stdout).toContain(`HTML: ${join(out, 'report', 'report.html')}`);
+    const html = await readFile(join(out, 'report', 'report.html'), 'utf8');
+    expect(html).toContain('<svg');
   });
 
   it('goes through BullMQ when REDIS_URL is set: the second submission queues nothing and changes no count', async () => {

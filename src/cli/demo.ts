@@ -6,6 +6,8 @@ import { compileMapping, type CompiledMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { startEmbeddedFhirServer } from '../delivery/embedded-server.ts';
 import { bundleGroups, trialFigures } from '../report/figures.ts';
+import { FhirClient } from '../delivery/client.ts';
+import { runStudyReport } from '../report/run.ts';
 import { demoDelivery } from './demo-delivery.ts';
 import { formatSummary, writeMappedExport } from './output.ts';
 import { redisConnection } from './worker.ts';
@@ -16,6 +18,9 @@ export const SAMPLE_SITES = [
   { site: 'site-b', mapping: 'mappings/site-b.yaml', input: 'examples/site-b' },
   { site: 'site-c', mapping: 'mappings/site-c.yaml', input: 'examples/site-c' },
 ] as const;
+
+/** The reference trial's ResearchStudy identifier (mappings/ldccrt-hcc-base.yaml). */
+const STUDY_IDENTIFIER = 'LDCCRT-HCC-P2';
 
 /** Fixed so the demo's output is the same on every machine. */
 const DEMO_RECORDED = '2019-01-01T00:00:00Z';
@@ -73,6 +78,11 @@ export function registerDemo(program: Command): void {
           log: (line) => console.log(line),
         });
         if (passes.some((p) => !p.exact || p.deadLettered > 0)) process.exitCode = 1;
+        // The sponsor's view: the report reads the study back from the sponsor's (pseudonymised) server alone.
+        const report = await runStudyReport({ client: new FhirClient({ baseUrl: sponsor.baseUrl }), study: STUDY_IDENTIFIER, outDir: join(options.out, 'report') });
+        console.log(`\nSponsor report from the sponsor's FHIR server (${sponsor.baseUrl}), by FHIR search alone:`);
+        console.log(report.summary);
+        console.log(`  HTML: ${report.htmlPath}\n  JSON: ${report.jsonPath}`);
       } finally {
         await Promise.all([hospital.close(), sponsor.close()]);
       }

@@ -5,6 +5,7 @@ import { registerCheckMapping } from './check-mapping.ts';
 import { registerDemo } from './demo.ts';
 import { registerDlq } from './dlq.ts';
 import { registerMap } from './map.ts';
+import { registerReport } from './report.ts';
 import { registerServe } from './serve.ts';
 import { registerTestMappings } from './test-mappings.ts';
 import { registerValidate } from './validate.ts';
@@ -23,6 +24,7 @@ registerDemo(program);
 registerWorker(program);
 registerDlq(program);
 registerServe(program);
+registerReport(program);
 
 try {
   await program.parseAsync(process.argv);

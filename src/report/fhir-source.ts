@@ -1,0 +1,217 @@
+/**
+ * Reads one study back from any FHIR R4 server with standard searches only: the ResearchStudy by identifier,
+ * its ResearchSubjects with their Patients (`_include`), then each subject's clinical resources by type,
+ * many subjects per request (comma-separated references), following `Bundle.link` `next` for paging.
+ */
+import type { Bundle, BundleEntry, Patient, Resource, ResearchStudy, ResearchSubject } from '@medplum/fhirtypes';
+import { FhirHttpError, outcomeText, type FhirClient } from '../delivery/client.ts';
+
+/** The mRECIST overall-response Observations of the trial (other Observations of the same patients are not read). */
+export const RESPONSE_OBSERVATION_CODE = 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/CodeSystem/observation|mrecist-overall-response';
+
+export interface ReadStudyOptions {
+  /** `_count` of every search (default 200). */
+  readonly pageSize?: number;
+  /** Patient references per search (default 40: keeps URLs far below the 8 KB servers commonly accept). */
+  readonly batchSize?: number;
+}
+
+/** One subject of the study as read from the server. */
+export interface StudySubject {
+  readonly researchSubject: ResearchSubject;
+  /** Undefined when the server holds no Patient for the subject's `individual`. */
+  readonly patient: Patient | undefined;
+  /** The Patient, the ResearchSubject and every clinical resource whose subject is the Patient. */
+  readonly resources: Resource[];
+}
+
+export interface StudySource {
+  readonly study: ResearchStudy;
+  readonly subjects: StudySubject[];
+  /** Search requests sent (pages included). */
+  readonly requests: number;
+}
+
+/** The study cannot be read from the server's answers; the message says why, in terms a user can act on. */
+export class StudySourceError extends Error {
+  override readonly name: string = 'StudySourceError';
+}
+
+export class StudyNotFoundError extends StudySourceError {
+  override readonly name = 'StudyNotFoundError';
+}
+
+/**
+ * A search the server refused. The message names the resource type, not the URL: a search by subject lists
+ * dozens of patient references, which have no place in a terminal or a log.
+ */
+export class SearchFailedError extends StudySourceError {
+  override readonly name = 'SearchFailedError';
+  readonly status: number;
+  constructor(type: string, cause: FhirHttpError) {
+    const detail = outcomeText(cause.outcome);
+    super(`${type} search refused by the server: HTTP ${cause.status}${detail ? ` (${detail})` : ''}`, { cause });
+    this.status = cause.status;
+  }
+}
+
+interface ClinicalSearch {
+  readonly type: Resource['resourceType'];
+  /** extra search parameters besides `subject` */
+  readonly params: (studyRef: string) => Record<string, string>;
+}
+
+/** What the trial's figures are computed from; every resource refers to its Patient by `subject`. */
+const CLINICAL_SEARCHES: readonly ClinicalSearch[] = [
+  { type: 'Condition', params: () => ({}) },
+  { type: 'Observation', params: () => ({ code: RESPONSE_OBSERVATION_CODE }) },
+  { type: 'Procedure', params: () => ({}) },
+  { type: 'MedicationAdministration', params: () => ({}) },
+  // An adverse event belongs to a study (AdverseEvent.study): those of another study of the same patient stay out.
+  { type: 'AdverseEvent', params: (studyRef) => ({ study: studyRef }) },
+];
+
+/**
+ * A query string with the characters FHIR gives a meaning to (`|` system separator, `,` OR) left literal:
+ * encoded, some servers would take them as part of a value.
+ */
+export function searchQuery(params: Record<string, string>): string {
+  return Object.entries(params)
+    .map(([name, value]) => `${encodeURIComponent(name)}=${encodeURIComponent(value).replace(/%7C/gi, '|').replace(/%2C/gi, ',').replace(/%2F/gi, '/').replace(/%3A/gi, ':')}`)
+    .join('&');
+}
+
+/** `Type/id` of a reference, relative or absolute (`https://host/fhir/Patient/1/_history/2` → `Patient/1`). */
+export function referenceKey(reference: string | undefined): string | undefined {
+  if (!reference) return undefined;
+  const parts = reference.split('?')[0].split('/');
+  const history = parts.lastIndexOf('_history');
+  const end = history >= 2 ? history : parts.length;
+  return end >= 2 ? `${parts[end - 2]}/${parts[end - 1]}` : undefined;
+}
+
+function resourceKey(resource: Resource): string {
+  return `${resource.resourceType}/${resource.id ?? ''}`;
+}
+
+/** Reads every page of a search and counts the requests. */
+export class SearchReader {
+  readonly #client: FhirClient;
+  readonly #pageSize: number;
+  #requests = 0;
+
+  constructor(client: FhirClient, pageSize = 200) {
+    this.#client = client;
+    this.#pageSize = pageSize;
+  }
+
+  get requests(): number {
+    return this.#requests;
+  }
+
+  /**
+   * Every entry of a search, all pages: `next` links are followed as given. A server that pages with `_count`
+   * but writes no links (fhir-router's MemoryRepository, behind the embedded server) is paged with `_offset`
+   * while its `total` says matches are missing; a server that ignores `_offset` is caught by the repeated
+   * matches rather than looped on.
+   */
+  async search(type: string, params: Record<string, string>): Promise<BundleEntry[]> {
+    const base = { ...params, _count: String(this.#pageSize) };
+    const origin = new URL(this.#client.baseUrl).origin;
+    const entries: BundleEntry[] = [];
+    const matched = new Set<string>();
+    let path: string | undefined = `${type}?${searchQuery(base)}`;
+    while (path !== undefined) {
+      this.#requests++;
+      const bundle: Bundle | undefined = await this.#client.get<Bundle>(path).then(
+        (response) => response.body,
+        (err: unknown) => {
+          throw err instanceof FhirHttpError ? new SearchFailedError(type, err) : err;
+        },
+      );
+      if (bundle?.resourceType !== 'Bundle') throw new StudySourceError(`${type} search: the server did not answer with a Bundle`);
+      const page = bundle.entry ?? [];
+      let fresh = 0;
+      for (const entry of page) {
+        if (!entry.resource) continue;
+        const isMatch = entry.search?.mode !== 'include' && entry.search?.mode !== 'outcome';
+        if (isMatch) {
+          const key = resourceKey(entry.resource);
+          if (matched.has(key)) continue;
+          matched.add(key);
+          fresh++;
+        }
+        entries.push(entry);
+      }
+      const next: string | undefined = bundle.link?.find((l) => l.relation === 'next')?.url;
+      if (next) {
+        // Auth headers go with every request: never to a host other than the server's.
+        if (new URL(next, this.#client.baseUrl).origin !== origin) throw new StudySourceError(`${type} search: the server's next link leaves ${origin}: not followed`);
+        path = next;
+      } else if (bundle.total !== undefined && matched.size < bundle.total && page.length > 0) {
+        if (fresh === 0) throw new StudySourceError(`${type} search: paging with _offset returned the same matches again (the server ignores _offset and gives no next link)`);
+        path = `${type}?${searchQuery({ ...base, _offset: String(matched.size) })}`;
+      } else {
+        path = undefined;
+      }
+    }
+    return entries;
+  }
+}
+
+function chunks<T>(list: readonly T[], size: number): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < list.length; i += size) out.push(list.slice(i, i + size));
+  return out;
+}
+
+/** `system|value` or a bare value (any system). */
+async function findStudy(reader: SearchReader, identifier: string): Promise<ResearchStudy> {
+  const studies = (await reader.search('ResearchStudy', { identifier }))
+    .map((e) => e.resource)
+    .filter((r): r is ResearchStudy => r?.resourceType === 'ResearchStudy');
+  if (studies.length === 0) throw new StudyNotFoundError(`no ResearchStudy with identifier ${identifier} on the server`);
+  if (studies.length > 1) throw new StudyNotFoundError(`${studies.length} ResearchStudy resources have identifier ${identifier}: give system|value`);
+  return studies[0];
+}
+
+/** Reads a study and everything the trial's figures need about its subjects. */
+export async function readStudy(client: FhirClient, identifier: string, options: ReadStudyOptions = {}): Promise<StudySource> {
+  const reader = new SearchReader(client, options.pageSize);
+  const batchSize = options.batchSize ?? 40;
+  const study = await findStudy(reader, identifier);
+  const studyRef = `ResearchStudy/${study.id}`;
+
+  const researchSubjects: ResearchSubject[] = [];
+  const patients = new Map<string, Patient>();
+  for (const entry of await reader.search('ResearchSubject', { study: studyRef, _include: 'ResearchSubject:individual' })) {
+    const resource = entry.resource;
+    if (resource?.resourceType === 'ResearchSubject') researchSubjects.push(resource);
+    else if (resource?.resourceType === 'Patient') patients.set(resourceKey(resource), resource);
+  }
+  const patientRefs = [...new Set(researchSubjects.map((rs) => referenceKey(rs.individual?.reference)).filter((r): r is string => r?.startsWith('Patient/') === true))];
+  // A server without _include support answers the subjects alone: read their Patients by id.
+  const missing = patientRefs.filter((ref) => !patients.has(ref));
+  for (const batch of chunks(missing, batchSize)) {
+    for (const entry of await reader.search('Patient', { _id: batch.map((ref) => ref.slice('Patient/'.length)).join(',') })) {
+      if (entry.resource?.resourceType === 'Patient') patients.set(resourceKey(entry.resource), entry.resource);
+    }
+  }
+
+  const byPatient = new Map<string, Resource[]>(patientRefs.map((ref) => [ref, []]));
+  for (const batch of chunks(patientRefs, batchSize)) {
+    const pages = await Promise.all(CLINICAL_SEARCHES.map((s) => reader.search(s.type, { subject: batch.join(','), ...s.params(studyRef) })));
+    for (const entry of pages.flat()) {
+      const resource = entry.resource as (Resource & { subject?: { reference?: string } }) | undefined;
+      if (!resource || entry.search?.mode === 'include') continue;
+      byPatient.get(referenceKey(resource.subject?.reference) ?? '')?.push(resource);
+    }
+  }
+
+  const subjects = researchSubjects.map((researchSubject): StudySubject => {
+    const ref = referenceKey(researchSubject.individual?.reference) ?? '';
+    const patient = patients.get(ref);
+    return { researchSubject, patient, resources: [...(patient ? [patient] : []), researchSubject, ...(byPatient.get(ref) ?? [])] };
+  });
+  return { study, subjects, requests: reader.requests };
+}
