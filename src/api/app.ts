@@ -4,21 +4,31 @@
  *
  * Every /v1 route needs an API key (`Authorization: Bearer <key>` or `X-API-Key`) scoped to one site; a key
  * sees only its site's submissions and dead letters (403 otherwise). Nothing here logs keys, hashes, file
- * contents or field values; rejects are returned with location and reason only.
+ * contents or field values; rejects are returned with location and reason only. The audit log says which key
+ * submitted which files (names, sizes, SHA-256) as which submission, and every refusal.
+ *
+ * Hostile bodies: a declared length over the limit is refused before a byte is read; an upload is streamed
+ * to disk while its bytes are counted, and is cut off (413, connection closed) as soon as it passes the limit;
+ * JSON bodies are parsed refusing duplicate keys, deep nesting and keys other than the documented ones.
  */
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
+import { Transform, type Writable } from 'node:stream';
 import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import multer from 'multer';
+import { createLogger, type Logger } from '../log.ts';
 import type { QueuePipeline, SubmitResult } from '../queue/pipeline.ts';
 import type { DeadLetter } from '../queue/stages.ts';
-import { ApiError, errorHandler, notFound } from './errors.ts';
+import { SourceFileError } from '../source/raw.ts';
+import { parseStrictJson, StrictJsonError } from '../source/strict-json.ts';
+import { ApiError, closeAfterResponse, createErrorHandler, notFound, sendError } from './errors.ts';
 import { ApiKeyStore, keyMatchesHash } from './keys.ts';
 import { createMetrics, type ApiMetrics } from './metrics.ts';
 import { openApiDocument } from './openapi.ts';
@@ -38,6 +48,10 @@ export interface CreateAppOptions {
   readonly readinessTimeoutMs?: number;
   /** Called after each accepted submission (embedding, tests: e.g. pipeline.waitForSubmission). */
   readonly onSubmission?: (result: SubmitResult) => void;
+  /** Operational log (errors, refusals of the server's own making); default: JSON lines on stderr. */
+  readonly logger?: Logger;
+  /** Audit trail: which key submitted what, replays, refusals; default: the operational log. */
+  readonly audit?: Logger;
 }
 
 export type ApiApp = Express & {
@@ -49,8 +63,17 @@ export type ApiApp = Express & {
 /** What is kept per submission made through the API: its site (the counters do not record it). */
 const SUBMISSION_TTL_SECONDS = 30 * 24 * 3600;
 const MAX_FILES = 200;
+/** Nesting of a JSON submission body: `{ files: [{ name, content }] }` needs 3. */
+const MAX_BODY_DEPTH = 8;
 
-type Locals = { site: string };
+/** A file of a submission as the audit log names it. */
+interface UploadedFile {
+  readonly name: string;
+  readonly bytes: number;
+  readonly sha256: string;
+}
+
+type Locals = { site: string; keyId: string; uploadDir?: string; uploaded?: UploadedFile[]; refused?: ApiError };
 
 export function createApp(options: CreateAppOptions): ApiApp {
   const { pipeline, apiKeys } = options;
@@ -58,7 +81,9 @@ export function createApp(options: CreateAppOptions): ApiApp {
   const limitBytes = parseBytes(bodyLimit);
   const uploadRoot = options.uploadDir ?? join(tmpdir(), 'trialbridge-uploads');
   const adminKeyHash = options.adminKeyHash ?? process.env.TRIALBRIDGE_ADMIN_KEY_HASH;
-  const metrics = createMetrics(pipeline);
+  const logger = options.logger ?? createLogger({ name: 'api' });
+  const audit = options.audit ?? logger.child({ channel: 'audit' });
+  const metrics = createMetrics(pipeline, logger);
   const siteKey = (id: string) => `${pipeline.names.prefix}:tb-api:submission-site:${encodeURIComponent(id)}`;
 
   const app = express() as unknown as ApiApp;
@@ -131,12 +156,13 @@ export function createApp(options: CreateAppOptions): ApiApp {
   // --- /v1: API key required ---
   app.use('/v1', (req, res, next) => {
     const key = presentedKey(req);
-    const site = key === undefined ? undefined : apiKeys.siteOf(key);
-    if (site === undefined) {
+    const who = key === undefined ? undefined : apiKeys.identify(key);
+    if (who === undefined) {
       res.setHeader('WWW-Authenticate', 'Bearer');
-      return next(new ApiError(401, 'unauthorized', key === undefined ? 'an API key is required (Authorization: Bearer or X-API-Key)' : 'unknown API key'));
+      return next(new ApiError(401, 'unauthorized', key === undefined ? 'an API key is required (Authorization: Bearer or X-API-Key)' : 'unknown or expired API key'));
     }
-    (res.locals as Locals).site = site;
+    (res.locals as Locals).site = who.site;
+    (res.locals as Locals).keyId = who.keyId;
     next();
   });
 
@@ -144,21 +170,38 @@ export function createApp(options: CreateAppOptions): ApiApp {
     if ((res.locals as Locals).site !== site) throw new ApiError(403, 'forbidden', `this API key is not scoped to site '${site}'`);
   };
 
-  // Per-submission upload directory, made before multer writes to it.
-  const upload = multer({
-    storage: multer.diskStorage({
-      destination: (_req, _file, cb) => cb(null, (_req.res!.locals as Locals & { uploadDir: string }).uploadDir),
-      filename: (_req, file, cb) => {
-        try {
-          cb(null, safeFileName(file.originalname));
-        } catch (error) {
-          cb(error as Error, '');
-        }
-      },
-    }),
-    limits: { fileSize: limitBytes, files: MAX_FILES, fields: 10 },
-  });
-  const jsonBody = express.json({ limit: bodyLimit });
+  const tooLarge = () => new ApiError(413, 'payload_too_large', `request body exceeds the limit of ${limitBytes} bytes`);
+  const uploadOptions: multer.Options & { streamHandler: (req: Request, busboy: Writable) => void } = {
+    storage: hashingDiskStorage(),
+    // Files only: a submission carries nothing else (no URL, no destination, no option).
+    limits: { fileSize: limitBytes, files: MAX_FILES, fields: 0, parts: MAX_FILES },
+    // Counts the raw bytes on their way to the multipart parser and cuts the request off at the limit
+    // (multer itself would read a refused body to its end before answering, however long it is).
+    streamHandler: (req, busboy) => {
+      let seen = 0;
+      let refused = false;
+      const counter = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          seen += chunk.length;
+          if (refused) return callback();
+          if (seen > limitBytes) {
+            // Answer now and stop feeding the parser; the connection is cut after a short grace, and its
+            // close makes multer abort and the upload directory go.
+            refused = true;
+            const error = tooLarge();
+            (req.res!.locals as Locals).refused = error;
+            sendError(req.res!, error);
+            closeAfterResponse(req, req.res!);
+            return callback();
+          }
+          callback(null, chunk);
+        },
+      });
+      req.pipe(counter).pipe(busboy);
+    },
+  };
+  const upload = multer(uploadOptions);
+  const jsonBody = express.text({ type: 'application/json', limit: bodyLimit });
 
   app.post(
     '/v1/sites/:site/submissions',
@@ -167,19 +210,21 @@ export function createApp(options: CreateAppOptions): ApiApp {
       requireSite(req, res, site);
       if (!pipeline.context.config.mappings.some((m) => m.site === site)) throw new ApiError(404, 'unknown_site', `no mapping for site '${site}'`);
       const length = Number(req.headers['content-length']);
-      if (Number.isFinite(length) && length > limitBytes) throw new ApiError(413, 'payload_too_large', 'request body exceeds the limit');
+      if (Number.isFinite(length) && length > limitBytes) throw tooLarge();
       next();
     },
     async (req, res, next) => {
       await mkdir(uploadRoot, { recursive: true });
-      (res.locals as { uploadDir?: string }).uploadDir = await mkdtemp(join(uploadRoot, 'sub-'));
+      (res.locals as Locals).uploadDir = await mkdtemp(join(uploadRoot, 'sub-'));
+      (res.locals as Locals).uploaded = [];
       next();
     },
     (req, res, next) => {
-      const dir = (res.locals as { uploadDir: string }).uploadDir;
+      const dir = (res.locals as Locals).uploadDir!;
       const cleanupOnError = (error: unknown) => {
-        void rm(dir, { recursive: true, force: true });
-        next(error);
+        // After a cut-off upload multer reports the aborted request; the refusal is what happened.
+        const reported = (res.locals as Locals).refused ?? error;
+        void rm(dir, { recursive: true, force: true }).finally(() => next(reported));
       };
       if (req.is('multipart/form-data')) {
         upload.array('files', MAX_FILES)(req, res, (error?: unknown) => (error ? cleanupOnError(error) : next()));
@@ -191,9 +236,12 @@ export function createApp(options: CreateAppOptions): ApiApp {
     },
     async (req, res) => {
       const site = String(req.params.site);
-      const dir = (res.locals as { uploadDir: string }).uploadDir;
+      const locals = res.locals as Locals;
+      const dir = locals.uploadDir!;
+      let accepted: Record<string, unknown>;
+      let location: string;
       try {
-        if (req.is('application/json')) await writeJsonFiles(dir, req.body);
+        if (req.is('application/json')) locals.uploaded = await writeJsonFiles(dir, req.body);
         else if (!Array.isArray(req.files) || req.files.length === 0) throw new ApiError(400, 'no_files', 'no files in field "files"');
         const id = randomUUID();
         await pipeline.redis.set(siteKey(id), site, 'EX', SUBMISSION_TTL_SECONDS);
@@ -202,18 +250,37 @@ export function createApp(options: CreateAppOptions): ApiApp {
           result = await pipeline.submitExport(site, [dir], { submissionId: id });
         } catch (error) {
           await pipeline.redis.del(siteKey(id));
-          throw new ApiError(400, 'unreadable_export', `the export could not be read: ${error instanceof Error ? error.message : String(error)}`);
+          if (error instanceof SourceFileError) {
+            throw new ApiError(error.tooLarge ? 413 : 422, error.tooLarge ? 'payload_too_large' : 'unreadable_export', `the export could not be read: ${error.message}`, {
+              file: error.file,
+              ...(error.line !== undefined ? { line: error.line } : {}),
+              ...(error.offset !== undefined ? { offset: error.offset } : {}),
+            });
+          }
+          throw error;
         }
         options.onSubmission?.(result);
-        const location = `/v1/submissions/${encodeURIComponent(id)}`;
-        res
-          .status(202)
-          .location(location)
-          .json({ id, site, subjects: result.subjects, queued: result.queued, duplicates: result.duplicates, recordsRejected: result.recordsRejected, location });
+        audit.info(
+          {
+            event: 'submission.accepted',
+            keyId: locals.keyId,
+            site,
+            submission: id,
+            files: locals.uploaded,
+            subjects: result.subjects,
+            queued: result.queued,
+            duplicates: result.duplicates,
+            recordsRejected: result.recordsRejected,
+          },
+          'submission accepted',
+        );
+        location = `/v1/submissions/${encodeURIComponent(id)}`;
+        accepted = { id, site, subjects: result.subjects, queued: result.queued, duplicates: result.duplicates, recordsRejected: result.recordsRejected, location };
       } finally {
         // The records are in the mapping jobs now: the files are not kept.
         await rm(dir, { recursive: true, force: true });
       }
+      res.status(202).location(location).json(accepted);
     },
   );
 
@@ -264,8 +331,10 @@ export function createApp(options: CreateAppOptions): ApiApp {
 
   app.post('/v1/submissions/:id/replay', async (req, res) => {
     const id = String(req.params.id);
-    await submissionSite(res, id);
-    res.status(202).json(await pipeline.replayAll(id));
+    const site = await submissionSite(res, id);
+    const result = await pipeline.replayAll(id);
+    audit.info({ event: 'submission.replayed', keyId: (res.locals as Locals).keyId, site, submission: id, replayed: result.replayed.length, skipped: result.skipped.length }, 'submission replayed');
+    res.status(202).json(result);
   });
 
   app.get('/v1/dead-letters', async (req, res) => {
@@ -289,12 +358,37 @@ export function createApp(options: CreateAppOptions): ApiApp {
 
   app.post('/v1/dead-letters/:id/replay', async (req, res) => {
     const id = String(req.params.id);
-    await siteDeadLetter(res, id);
-    res.status(202).json(await pipeline.replay(id));
+    const letter = await siteDeadLetter(res, id);
+    const result = await pipeline.replay(id);
+    audit.info(
+      { event: 'dead-letter.replayed', keyId: (res.locals as Locals).keyId, site: letter.site, submission: letter.submissionId, deadLetter: id, replayed: result.replayed.length },
+      'dead letter replayed',
+    );
+    res.status(202).json(result);
   });
 
   app.use(notFound);
-  app.use(errorHandler);
+  app.use(
+    createErrorHandler({
+      logger,
+      onRefused: (req, res, error) => {
+        if (!req.path.startsWith('/v1')) return;
+        const locals = res.locals as Partial<Locals>;
+        audit.info(
+          {
+            event: 'request.refused',
+            status: error.status,
+            code: error.code,
+            method: req.method,
+            path: req.path,
+            ...(locals.keyId ? { keyId: locals.keyId, site: locals.site } : {}),
+            ...(locals.uploaded?.length ? { files: locals.uploaded } : {}),
+          },
+          'request refused',
+        );
+      },
+    }),
+  );
 
   return Object.assign(app, {
     metrics,
@@ -306,7 +400,61 @@ export function createApp(options: CreateAppOptions): ApiApp {
 export function startServer(app: Express, port: number, host = '127.0.0.1'): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = app.listen(port, host, (error?: Error) => (error ? reject(error) : resolve(server)));
+    // A body trickled in slowly holds a connection: the whole request must arrive within 5 minutes,
+    // its headers within 30 s.
+    server.requestTimeout = 5 * 60_000;
+    server.headersTimeout = 30_000;
   });
+}
+
+/**
+ * Multer storage that writes each file into the submission's directory while hashing and counting it, so
+ * the audit log can name exactly what was submitted. Names are checked first (no paths, no dot files) and a
+ * name given twice is refused rather than overwritten.
+ */
+function hashingDiskStorage(): multer.StorageEngine {
+  return {
+    _handleFile(req, file, callback) {
+      const locals = req.res!.locals as Locals;
+      let name: string;
+      try {
+        name = safeFileName(file.originalname);
+      } catch (error) {
+        file.stream.resume();
+        return callback(error);
+      }
+      const path = join(locals.uploadDir!, name);
+      const hash = createHash('sha256');
+      let bytes = 0;
+      let settled = false;
+      const settle = (error: unknown, info?: Partial<Express.Multer.File>) => {
+        if (settled) return;
+        settled = true;
+        callback(error, info);
+      };
+      const out = createWriteStream(path, { flags: 'wx' });
+      file.stream.on('error', (error: Error) => {
+        out.destroy();
+        settle(error);
+      });
+      out.on('error', (error: NodeJS.ErrnoException) => {
+        file.stream.resume();
+        settle(error.code === 'EEXIST' ? new ApiError(400, 'bad_file_name', `file name '${name}' is given twice`) : error);
+      });
+      file.stream.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        hash.update(chunk);
+      });
+      out.on('finish', () => {
+        locals.uploaded!.push({ name, bytes, sha256: hash.digest('hex') });
+        settle(null, { path, size: bytes, filename: name, destination: locals.uploadDir });
+      });
+      file.stream.pipe(out);
+    },
+    _removeFile(_req, file, callback) {
+      rm(file.path, { force: true }).then(() => callback(null), callback);
+    },
+  };
 }
 
 function presentedKey(req: Request): string | undefined {
@@ -328,19 +476,43 @@ function safeFileName(name: unknown): string {
   return n;
 }
 
-async function writeJsonFiles(dir: string, body: unknown): Promise<void> {
-  const files = (body as { files?: unknown } | null)?.files;
-  if (!Array.isArray(files) || files.length === 0) throw new ApiError(400, 'malformed_body', 'expected { "files": [{ "name", "content" }, ...] }');
+/**
+ * Writes the files of a JSON submission (`{ "files": [{ "name", "content" }] }`) and says what they were.
+ * The body is parsed here, not by express.json: JSON.parse would keep the last of two equal keys without a
+ * word, and keys other than these are refused so that nothing else (a URL, an option) rides along.
+ */
+async function writeJsonFiles(dir: string, raw: unknown): Promise<UploadedFile[]> {
+  if (typeof raw !== 'string') throw new ApiError(400, 'malformed_body', 'expected a JSON body');
+  let body: unknown;
+  try {
+    body = parseStrictJson(raw, MAX_BODY_DEPTH);
+  } catch (error) {
+    if (error instanceof StrictJsonError) throw new ApiError(400, 'malformed_json', `request body: ${error.message}`);
+    throw error;
+  }
+  const shape = 'expected { "files": [{ "name", "content" }, ...] }';
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) throw new ApiError(400, 'malformed_body', shape);
+  const extra = Object.keys(body).find((k) => k !== 'files');
+  if (extra !== undefined) throw new ApiError(400, 'malformed_body', `unknown key '${extra.slice(0, 40)}': ${shape}`);
+  const files = (body as { files?: unknown }).files;
+  if (!Array.isArray(files) || files.length === 0) throw new ApiError(400, 'malformed_body', shape);
   if (files.length > MAX_FILES) throw new ApiError(400, 'too_many_files', `at most ${MAX_FILES} files`);
   const seen = new Set<string>();
+  const written: UploadedFile[] = [];
   for (const [i, f] of files.entries()) {
-    const { name, content } = (f ?? {}) as { name?: unknown; content?: unknown };
+    if (f === null || typeof f !== 'object' || Array.isArray(f)) throw new ApiError(400, 'malformed_body', `files[${i}] must be an object { "name", "content" }`);
+    const unknown = Object.keys(f).find((k) => k !== 'name' && k !== 'content');
+    if (unknown !== undefined) throw new ApiError(400, 'malformed_body', `files[${i}]: unknown key '${unknown.slice(0, 40)}'`);
+    const { name, content } = f as { name?: unknown; content?: unknown };
     if (typeof content !== 'string') throw new ApiError(400, 'malformed_body', `files[${i}].content must be a string`);
     const safe = safeFileName(name);
     if (seen.has(safe)) throw new ApiError(400, 'malformed_body', `files[${i}]: duplicate name`);
     seen.add(safe);
-    await writeFile(join(dir, safe), content, { flag: 'wx' });
+    const bytes = Buffer.from(content, 'utf8');
+    await writeFile(join(dir, safe), bytes, { flag: 'wx' });
+    written.push({ name: safe, bytes: bytes.length, sha256: createHash('sha256').update(bytes).digest('hex') });
   }
+  return written;
 }
 
 /** A reject as the submission shows it: where and why, never the value. */

@@ -7,6 +7,7 @@
  */
 import { QueueEvents, type Queue } from 'bullmq';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Logger } from '../log.ts';
 import type { QueuePipeline } from '../queue/pipeline.ts';
 import type { DeliveryJobResult } from '../queue/stages.ts';
 
@@ -21,7 +22,7 @@ export interface ApiMetrics {
   close(): Promise<void>;
 }
 
-export function createMetrics(pipeline: QueuePipeline): ApiMetrics {
+export function createMetrics(pipeline: QueuePipeline, logger?: Logger): ApiMetrics {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry });
   const destinations = pipeline.context.config.destinations.map((d) => d.name);
@@ -61,7 +62,7 @@ export function createMetrics(pipeline: QueuePipeline): ApiMetrics {
       connection: { host: connection.host, port: connection.port, username: connection.username, password: connection.password, db: connection.db, tls: connection.tls },
       prefix: pipeline.names.prefix,
     });
-    ev.on('error', (error) => console.error(`trialbridge api metrics ${d}: ${error.message}`));
+    ev.on('error', (error) => (logger ? logger.error({ err: error, destination: d }, 'delivery events failed') : console.error(`trialbridge api metrics ${d}: ${error.message}`)));
     ev.on('completed', ({ returnvalue }) => {
       const value = (typeof returnvalue === 'string' ? safeParse(returnvalue) : returnvalue) as Partial<DeliveryJobResult> | undefined;
       deliveries.inc({ destination: d, outcome: value?.outcome ?? 'unknown' });

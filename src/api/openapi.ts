@@ -22,6 +22,11 @@ export function openApiDocument(): Record<string, unknown> {
         post: {
           operationId: 'submitExport',
           summary: "Submit a site's export (multipart files or JSON)",
+          description:
+            'Multipart: files only (field "files"; any other field is refused). JSON: exactly { "files": [{ "name", "content" }] }, no duplicate keys, no other keys. ' +
+            'A body over the limit is refused with 413 (a declared length before it is read, a chunked one as soon as it passes the limit). ' +
+            'A file that cannot be read at all (binary, wrong encoding, unbalanced quotes, empty, too deep) is refused with 422 naming file and line; ' +
+            'malformed rows (ragged, over the field length limit, duplicate keys) are accepted as rejects, each a dead letter naming file, row and field.',
           parameters: [idParam('site', 'Site id (must match the API key and have a mapping)')],
           requestBody: {
             required: true,
@@ -32,7 +37,7 @@ export function openApiDocument(): Record<string, unknown> {
           },
           responses: {
             '202': { description: 'Accepted and queued', headers: { Location: { schema: { type: 'string' }, description: 'URL of the submission' } }, content: json(ref('SubmissionAccepted')) },
-            ...errors(400, 401, 403, 404, 413, 415),
+            ...errors(400, 401, 403, 404, 413, 415, 422),
           },
         },
       },
@@ -118,7 +123,19 @@ export function openApiDocument(): Record<string, unknown> {
         Error: {
           type: 'object',
           required: ['error'],
-          properties: { error: { type: 'object', required: ['code', 'message'], properties: { code: { type: 'string' }, message: { type: 'string' } } } },
+          properties: {
+            error: {
+              type: 'object',
+              required: ['code', 'message'],
+              properties: {
+                code: { type: 'string' },
+                message: { type: 'string', description: 'Why, in words that quote no value from the request' },
+                file: { type: 'string', description: 'The export file at fault (unreadable_export, payload_too_large)' },
+                line: { type: 'integer', description: 'Its line, when known' },
+                offset: { type: 'integer', description: 'Its byte offset, when known (an invalid byte, a NUL)' },
+              },
+            },
+          },
         },
         JsonExport: {
           type: 'object',

@@ -231,6 +231,10 @@ export function mapRecords(mapping: CompiledMapping, records: readonly SourceRec
   const subjectField = mapping.subject.field;
   const typeField = mapping.recordType?.field ?? '(record type)';
   for (const record of records) {
+    if (record.problem) {
+      problems.push(problemFor(record, record.problem.field, record.problem.reason));
+      continue;
+    }
     if (!mapping.consumedTypes.has(record.type)) {
       problems.push(problemFor(record, typeField, `no rule of the mapping reads records of type '${record.type}'`));
       continue;

@@ -1,5 +1,6 @@
-import { evalFhirPathTyped, parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
+import { evalFhirPathTyped, FunctionAtom, parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
 import type { SourceRecord } from '../source/record.ts';
+import { checkRegexInput, checkResult, tick, withinBudget } from './budget.ts';
 import { FieldError } from './errors.ts';
 import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
 
@@ -149,6 +150,131 @@ function singleValue(source: string, field: string, values: unknown[]): unknown 
   return values[0];
 }
 
+/** Longest expression a mapping may hold: the parser recurses per nesting level. */
+export const MAX_EXPRESSION_LENGTH = 4096;
+
+/**
+ * FHIRPath functions a mapping may call. Left out: `trace` (the spec's debug log: record values would reach
+ * logs), `resolve` (the spec's reference fetch), `now`/`today`/`timeOfDay` (the same export would no longer
+ * map to the same bytes), `htmlChecks`, and the functions @medplum/core only stubs (`repeat`, `children`,
+ * `descendants`, `split`, `trim`, `encode`, `decode`, `escape`, `unescape`), which would silently give nothing.
+ */
+const ALLOWED_FUNCTIONS: ReadonlySet<string> = new Set([
+  'empty', 'hasValue', 'exists', 'all', 'allTrue', 'anyTrue', 'allFalse', 'anyFalse', 'subsetOf', 'supersetOf', 'count',
+  'distinct', 'isDistinct', 'where', 'select', 'ofType', 'single', 'first', 'last', 'tail', 'skip', 'take', 'intersect',
+  'exclude', 'union', 'combine', 'iif', 'toBoolean', 'convertsToBoolean', 'toInteger', 'convertsToInteger', 'toDate',
+  'convertsToDate', 'toDateTime', 'convertsToDateTime', 'toDecimal', 'convertsToDecimal', 'toQuantity', 'convertsToQuantity',
+  'toString', 'convertsToString', 'toTime', 'convertsToTime', 'indexOf', 'substring', 'startsWith', 'endsWith', 'contains',
+  'upper', 'lower', 'replace', 'matches', 'replaceMatches', 'length', 'toChars', 'join', 'abs', 'ceiling', 'exp', 'floor',
+  'ln', 'log', 'power', 'round', 'sqrt', 'truncate', 'between', 'is', 'not', 'as', 'type', 'conformsTo', 'getResourceKey',
+  'getReferenceKey', 'extension',
+]);
+
+const REGEX_FUNCTIONS: ReadonlySet<string> = new Set(['matches', 'replaceMatches']);
+
+/**
+ * Why a regular expression from a mapping could backtrack without bound, or undefined. JavaScript regexes
+ * cannot be interrupted, so the rules are strict: a literal pattern, no back-references or lookarounds, no
+ * repeated group that itself repeats or alternates, at most two unbounded repetitions; the input length is
+ * capped at run time (budget.ts), which keeps the worst case polynomial and small.
+ */
+export function unsafeRegex(pattern: string): string | undefined {
+  try {
+    new RegExp(pattern);
+  } catch (err) {
+    return `invalid regular expression (${(err as Error).message})`;
+  }
+  if (/\\[1-9]|\\k</.test(pattern)) return 'back-references are not allowed in mapping regexes';
+  if (/\(\?<?[=!]/.test(pattern)) return 'lookarounds are not allowed in mapping regexes';
+  const groups: { repeats: boolean }[] = [];
+  let unbounded = 0;
+  let lastGroup: { repeats: boolean } | undefined;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i];
+    if (c === '\\') {
+      i++;
+      lastGroup = undefined;
+      continue;
+    }
+    if (c === '[') {
+      for (i++; i < pattern.length && pattern[i] !== ']'; i++) if (pattern[i] === '\\') i++;
+      lastGroup = undefined;
+      continue;
+    }
+    if (c === '(') {
+      groups.push({ repeats: false });
+      lastGroup = undefined;
+      // `(?:` and `(?<name>` open groups too; their `?` is no repetition.
+      if (pattern[i + 1] === '?') i = pattern[i + 2] === '<' ? pattern.indexOf('>', i) : i + 2;
+      continue;
+    }
+    if (c === ')') {
+      lastGroup = groups.pop();
+      if (lastGroup && groups.length > 0 && lastGroup.repeats) groups[groups.length - 1].repeats = true;
+      continue;
+    }
+    const isUnbounded = c === '*' || c === '+' || (c === '{' && /^\{\d+,\}/.test(pattern.slice(i)));
+    if (c === '|' || isUnbounded || c === '?' || c === '{') {
+      if (isUnbounded) {
+        unbounded++;
+        if (lastGroup?.repeats) return 'a repeated group that itself repeats or alternates can backtrack without bound';
+      }
+      if (groups.length > 0) groups[groups.length - 1].repeats = true;
+    }
+    lastGroup = undefined;
+  }
+  if (unbounded > 2) return `at most two unbounded repetitions (*, +, {n,}) in a mapping regex (this one has ${unbounded})`;
+  return undefined;
+}
+
+/** Refuses functions outside the allowed set and unsafe regexes, at compile time. */
+function checkFunctions(node: unknown, seen = new Set<unknown>()): void {
+  if (node === null || typeof node !== 'object' || seen.has(node)) return;
+  seen.add(node);
+  if (node instanceof FunctionAtom) {
+    if (!ALLOWED_FUNCTIONS.has(node.name)) throw new Error(`function '${node.name}()' is not allowed in mapping expressions`);
+    if (REGEX_FUNCTIONS.has(node.name)) {
+      const pattern = (node.args[0] as { value?: { type?: string; value?: unknown } } | undefined)?.value;
+      if (pattern?.type !== 'string' || typeof pattern.value !== 'string') throw new Error(`${node.name}() takes a literal regular expression in mappings`);
+      const unsafe = unsafeRegex(pattern.value);
+      if (unsafe) throw new Error(`${node.name}('${pattern.value}'): ${unsafe}`);
+    }
+  }
+  for (const value of Object.values(node)) {
+    if (Array.isArray(value)) value.forEach((v) => checkFunctions(v, seen));
+    else checkFunctions(value, seen);
+  }
+}
+
+type AtomEval = (context: AtomContext, input: TypedValue[]) => TypedValue[];
+
+function isAtom(value: unknown): value is { eval: AtomEval } {
+  return value !== null && typeof value === 'object' && typeof (value as { eval?: unknown }).eval === 'function';
+}
+
+/** Makes every node of a parse tree (ours alone: parseFhirPath builds a new one each call) tick the budget. */
+function instrument(node: { eval: AtomEval }, seen = new Set<object>()): void {
+  if (seen.has(node)) return;
+  seen.add(node);
+  for (const value of Object.values(node)) {
+    if (isAtom(value)) instrument(value, seen);
+    else if (Array.isArray(value)) for (const v of value) if (isAtom(v)) instrument(v, seen);
+  }
+  const original = node.eval.bind(node);
+  const regex = node instanceof FunctionAtom && REGEX_FUNCTIONS.has(node.name);
+  node.eval = (context, input) => {
+    tick(1 + input.length);
+    if (regex) for (const t of input) if (typeof t.value === 'string') checkRegexInput(t.value);
+    const out = original(context, input);
+    checkResult(out, (t) => (t as TypedValue).value);
+    return out;
+  };
+}
+
+function clip(text: string, max = 120): string {
+  return text.length > max ? `${text.slice(0, max)}...` : text;
+}
+
 const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SIMPLE_VARIABLE = /^%[A-Za-z_][A-Za-z0-9_]*$/;
 /** First identifier the expression navigates from its input, for error messages. */
@@ -160,8 +286,10 @@ function firstField(expression: string): string {
 
 /**
  * Compiles a FHIRPath expression once. Plain field names and variables become direct reads, the common case
- * in mappings; anything else runs on @medplum/core's FHIRPath engine (sandboxed: no JavaScript evaluation).
- * Throws on a syntax error, which the compiler turns into a mapping error.
+ * in mappings; anything else runs on @medplum/core's FHIRPath engine (sandboxed: no JavaScript evaluation,
+ * nothing that reaches the environment, files or network) under the evaluation budget of budget.ts.
+ * Throws on a syntax error, a function a mapping may not call or an unsafe regex: the compiler turns it into
+ * a mapping error.
  */
 export function compileExpression(source: string, constants: ReadonlyMap<string, unknown>): CompiledExpression {
   const text = source.trim();
@@ -195,28 +323,31 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
       one: (ctx) => ctx.lets.get(name) ?? undefined,
     };
   }
+  if (text.length > MAX_EXPRESSION_LENGTH) throw new Error(`expression is ${text.length} characters long (limit ${MAX_EXPRESSION_LENGTH})`);
   const atom: FhirPathAtom = parseFhirPath(text);
-  const general = (ctx: EvalContext) => evalFhirPathTyped(atom, ctx.input, ctx.fhirPathContext.variables).map((t) => t.value);
+  checkFunctions(atom);
   const fast = compileFast(atom);
+  instrument(atom as unknown as { eval: AtomEval });
+  const general = (ctx: EvalContext) => evalFhirPathTyped(atom, ctx.input, ctx.fhirPathContext.variables).map((t) => t.value);
   const field = firstField(text);
-  let evaluate: (ctx: EvalContext) => unknown[];
-  const compiled: CompiledExpression = {
+  const run: (ctx: EvalContext) => unknown[] = fast
+    ? (ctx) => {
+        try {
+          return fast(ctx);
+        } catch (err) {
+          if (err instanceof Unsupported) return general(ctx);
+          throw err;
+        }
+      }
+    : general;
+  const stopped = (reason: string) => new FieldError(field, undefined, `expression '${clip(text)}' stopped: ${reason}`);
+  const evaluate = (ctx: EvalContext): unknown[] => withinBudget(() => run(ctx), stopped);
+  return {
     source: text,
     field,
-    evaluate: (ctx) => evaluate(ctx),
+    evaluate,
     one: (ctx) => singleValue(text, field, evaluate(ctx)),
   };
-  evaluate = fast
-      ? (ctx) => {
-          try {
-            return fast(ctx);
-          } catch (err) {
-            if (err instanceof Unsupported) return general(ctx);
-            throw err;
-          }
-        }
-      : general;
-  return compiled;
 }
 
 /** FHIRPath truthiness of a result: a single `true`, or (per the spec's singleton rule) any non-empty non-boolean. */

@@ -1,4 +1,5 @@
 import type { FhirPathAtom } from '@medplum/core';
+import { checkResult, tick } from './budget.ts';
 
 /**
  * A closure compiler for the FHIRPath that mappings actually use (field paths, variables, literals, comparisons,
@@ -6,7 +7,8 @@ import type { FhirPathAtom } from '@medplum/core';
  * evaluator costs a typed-value allocation per step and a variables object per record; these closures work
  * on plain values. Anything outside the subset returns undefined at compile time, or throws Unsupported at
  * run time (a type mix, say), and the caller then uses @medplum/core for that expression: one semantics,
- * defined by the general engine, checked against it in fast-path.test.ts.
+ * defined by the general engine, checked against it in fast-path.test.ts. Loops and string building tick the
+ * evaluation budget (budget.ts) like the general engine's steps do.
  */
 export class Unsupported extends Error {}
 
@@ -30,6 +32,7 @@ interface Node {
 }
 
 function children(focus: readonly unknown[], name: string): unknown[] {
+  tick(1 + focus.length);
   const out: unknown[] = [];
   for (const item of focus) {
     if (item === null || typeof item !== 'object' || Array.isArray(item)) continue;
@@ -140,12 +143,21 @@ function compileFunction(node: Node, input: Fast): Fast | undefined {
   if (name === 'where' && args.length === 1) {
     const criteria = compile(args[0]);
     if (!criteria) return undefined;
-    return (scope, focus) => input(scope, focus).filter((item) => truth(criteria(scope, [item])) === true);
+    return (scope, focus) =>
+      input(scope, focus).filter((item) => {
+        tick();
+        return truth(criteria(scope, [item])) === true;
+      });
   }
   if (name === 'exists' && args.length === 1) {
     const criteria = compile(args[0]);
     if (!criteria) return undefined;
-    return (scope, focus) => [input(scope, focus).some((item) => truth(criteria(scope, [item])) === true)];
+    return (scope, focus) => [
+      input(scope, focus).some((item) => {
+        tick();
+        return truth(criteria(scope, [item])) === true;
+      }),
+    ];
   }
   const s0 = literalString(args[0]);
   if (args.length === 1 && s0 !== undefined) {
@@ -160,7 +172,11 @@ function compileFunction(node: Node, input: Fast): Fast | undefined {
   }
   if (name === 'replace' && args.length === 2 && s0 !== undefined && literalString(args[1]) !== undefined) {
     const by = literalString(args[1])!;
-    return simple(stringFunction((s) => s.split(s0).join(by)));
+    return simple((focus) => {
+      const out = stringFunction((s) => s.split(s0).join(by))(focus);
+      checkResult(out);
+      return out;
+    });
   }
   if (name === 'substring' && (args.length === 1 || args.length === 2)) {
     const start = literalInteger(args[0]);
@@ -218,7 +234,9 @@ function compileBinary(node: Node): Fast | undefined {
         const a = singleton(left(scope, focus));
         const b = singleton(right(scope, focus));
         if ((a !== undefined && typeof a !== 'string') || (b !== undefined && typeof b !== 'string')) throw new Unsupported();
-        return [(a ?? '') + (b ?? '')];
+        const joined = [(a ?? '') + (b ?? '')];
+        checkResult(joined);
+        return joined;
       };
     case '+':
     case '-':
@@ -228,7 +246,11 @@ function compileBinary(node: Node): Fast | undefined {
         const a = singleton(left(scope, focus));
         const b = singleton(right(scope, focus));
         if (a === undefined || b === undefined) return [];
-        if (op === '+' && typeof a === 'string' && typeof b === 'string') return [a + b];
+        if (op === '+' && typeof a === 'string' && typeof b === 'string') {
+          const joined = [a + b];
+          checkResult(joined);
+          return joined;
+        }
         if (typeof a !== 'number' || typeof b !== 'number') throw new Unsupported();
         // Decimal arithmetic in JS floats matches the general engine only for integers: leave the rest to it.
         if (!Number.isInteger(a) || !Number.isInteger(b)) throw new Unsupported();

@@ -1,5 +1,6 @@
-import { readFile } from 'node:fs/promises';
-import { dirname, isAbsolute, relative, resolve } from 'node:path';
+import { realpathSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, resolve } from 'node:path';
 import { Ajv, type ErrorObject } from 'ajv';
 import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml';
 import { MappingError, type MappingIssue } from './errors.ts';
@@ -32,15 +33,27 @@ function displayPath(path: string): string {
   return rel && !rel.startsWith('..') && !isAbsolute(rel) ? rel : path;
 }
 
+/** Largest mapping file read: a mapping is configuration, a megabyte of it is a mistake or an attack. */
+export const MAX_MAPPING_BYTES = 1024 * 1024;
+/** Aliases a mapping file may expand (YAML's "billion laughs" expands a few lines into gigabytes). */
+export const MAX_YAML_ALIASES = 100;
+/** Files in one `extends` chain. */
+const MAX_EXTENDS_DEPTH = 16;
+
 async function readLayer(path: string): Promise<MappingLayer> {
   let text: string;
   try {
+    const size = (await stat(path)).size;
+    if (size > MAX_MAPPING_BYTES) {
+      throw new MappingError([{ file: displayPath(path), key: '', message: `mapping file is ${size} bytes, over the limit of ${MAX_MAPPING_BYTES}` }]);
+    }
     text = await readFile(path, 'utf8');
   } catch (err) {
+    if (err instanceof MappingError) throw err;
     throw new MappingError([{ file: displayPath(path), key: '', message: `cannot read mapping file (${(err as NodeJS.ErrnoException).code})` }]);
   }
   const lines = new LineCounter();
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, merge: true });
+  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: true, merge: true, uniqueKeys: true });
   if (doc.errors.length > 0) {
     throw new MappingError(
       doc.errors.map((e) => ({
@@ -51,7 +64,15 @@ async function readLayer(path: string): Promise<MappingLayer> {
       })),
     );
   }
-  const data = doc.toJS() as unknown;
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
+  } catch (err) {
+    // The yaml package refuses to expand past maxAliasCount with a ReferenceError: an alias bomb.
+    throw new MappingError([
+      { file: displayPath(path), key: '', message: `YAML aliases refused: ${(err as Error).message} (more than ${MAX_YAML_ALIASES} alias expansions)` },
+    ]);
+  }
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new MappingError([{ file: displayPath(path), key: '', message: 'a mapping file must be a YAML mapping (key: value)' }]);
   }
@@ -138,6 +159,13 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
     if (parent !== undefined && typeof parent !== 'string') {
       throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: 'must be a file path' }]);
     }
+    // Only mapping files: `extends: /etc/shadow` must not have the loader read whatever it names.
+    if (parent !== undefined && !/\.ya?ml$/i.test(parent)) {
+      throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: 'must name a .yaml or .yml mapping file' }]);
+    }
+    if (parent !== undefined && layers.length >= MAX_EXTENDS_DEPTH) {
+      throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: `an extends chain of more than ${MAX_EXTENDS_DEPTH} files` }]);
+    }
     next = parent ? resolve(dirname(next), parent) : undefined;
   }
   let merged: unknown = {};
@@ -167,8 +195,31 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
   return loaded;
 }
 
-/** Resolves a path named in a mapping relative to the layer that names it. */
+/**
+ * Resolves a path named in a mapping relative to the layer that names it. The file must lie inside that
+ * layer's directory (symbolic links followed): a mapping may name its ConceptMaps, not any file the process
+ * can read (a parse error would quote the start of it).
+ */
 export function resolveFromLayer(loaded: LoadedMapping, keyPath: readonly string[], value: string): string {
   const layer = loaded.layers.find((l) => hasPath(l.data, keyPath)) ?? loaded.layers[0];
-  return resolve(dirname(layer.path), value);
+  const root = realOrSelf(dirname(layer.path));
+  const target = resolve(dirname(layer.path), value);
+  const rel = relative(root, realOrSelf(target));
+  if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
+    throw new Error(`'${value}' is outside the directory of the mapping file that names it (${displayPath(layer.path)})`);
+  }
+  return target;
+}
+
+function realOrSelf(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    // A missing file: its directory decides (the load then fails with "cannot load").
+    try {
+      return join(realpathSync(dirname(path)), basename(path));
+    } catch {
+      return path;
+    }
+  }
 }

@@ -6,6 +6,7 @@ import { SourceFileError, type RawRecord } from '../source/raw.ts';
 import type { SourceRecord } from '../source/record.ts';
 import { readDictionary, readRedcap } from '../source/redcap.ts';
 import type { CompiledMapping, CompiledSourceFile } from './compile.ts';
+import { FieldError } from './errors.ts';
 import { EvalContext, type CompiledExpression } from './expression.ts';
 
 export interface SourceReadResult {
@@ -47,12 +48,28 @@ function firstString(expr: CompiledExpression | undefined, ctx: EvalContext): st
 const NO_CONSTANTS = new Map();
 
 function toRecord(mapping: CompiledMapping, spec: CompiledSourceFile, raw: RawRecord): SourceRecord {
-  const draft: SourceRecord = { site: mapping.site, file: raw.file, row: raw.row, type: raw.fileType ?? spec.type ?? 'record', subject: '', key: '', fields: raw.fields };
+  const draft: SourceRecord = {
+    site: mapping.site,
+    file: raw.file,
+    row: raw.row,
+    type: raw.fileType ?? spec.type ?? 'record',
+    subject: '',
+    key: `${raw.file}#${raw.row}`,
+    fields: raw.fields,
+    ...(raw.digest ? { digest: raw.digest } : {}),
+  };
+  // A malformed row has no trustworthy subject or key: it is rejected on its own, at the read stage.
+  if (raw.problem) return { ...draft, problem: raw.problem };
   const ctx = new EvalContext(draft, [], mapping.constants ?? NO_CONSTANTS);
-  const type = firstString(mapping.recordType, ctx) ?? draft.type;
-  const subject = firstString(mapping.subject, ctx) ?? '';
-  const key = firstString(spec.keyExpression ?? mapping.recordKey, ctx) ?? `${raw.file}#${raw.row}`;
-  return { ...draft, type, subject, key };
+  try {
+    const type = firstString(mapping.recordType, ctx) ?? draft.type;
+    const subject = firstString(mapping.subject, ctx) ?? '';
+    const key = firstString(spec.keyExpression ?? mapping.recordKey, ctx) ?? draft.key;
+    return { ...draft, type, subject, key };
+  } catch (err) {
+    const field = err instanceof FieldError ? err.field : '(expression)';
+    return { ...draft, problem: { field, reason: `cannot tell the record's type, subject or key: ${(err as Error).message}` } };
+  }
 }
 
 /** Reads the export files a mapping names, from the given inputs (files or directories). */

@@ -16,6 +16,10 @@ export interface SourceRecord {
   readonly key: string;
   /** Field values; empty source values are absent, never empty strings. */
   readonly fields: Readonly<Record<string, string>>;
+  /** Lower-case hex SHA-256 of the source file's bytes (Provenance names it). */
+  readonly digest?: string;
+  /** The reader found the row malformed: the record is rejected with this, before any mapping. */
+  readonly problem?: { readonly field: string; readonly reason: string };
 }
 
 /** Where a problem was found, in terms an integration engineer can open in an editor. */

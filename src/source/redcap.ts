@@ -1,5 +1,5 @@
 import { readJson } from './json.ts';
-import { SourceFileError, type RawRecord } from './raw.ts';
+import { SourceFileError, type RawRecord, type ReadLimits } from './raw.ts';
 
 /** One row of a REDCap data dictionary export (JSON form). */
 interface DictionaryRow {
@@ -22,10 +22,11 @@ export function parseChoices(spec: string): Map<string, string> {
 const CHOICE_TYPES = new Set(['radio', 'dropdown', 'checkbox', 'yesno', 'truefalse']);
 
 /** Choice labels per field, from the data dictionary. */
-export async function readDictionary(path: string, encoding?: string): Promise<Map<string, Map<string, string>>> {
-  const rows = await readJson(path, { encoding });
+export async function readDictionary(path: string, encoding?: string, limits?: Partial<ReadLimits>): Promise<Map<string, Map<string, string>>> {
+  const rows = await readJson(path, { encoding, limits });
   const labels = new Map<string, Map<string, string>>();
-  for (const { fields } of rows) {
+  for (const { fields, problem, row: n, file } of rows) {
+    if (problem) throw new SourceFileError(file, `data dictionary row ${n}: ${problem.reason}`, { line: n });
     const row = fields as unknown as DictionaryRow;
     if (!row.field_name) continue;
     if (row.field_type === 'yesno') labels.set(row.field_name, new Map([['1', 'Yes'], ['0', 'No']]));
@@ -43,13 +44,12 @@ export async function readDictionary(path: string, encoding?: string): Promise<M
  */
 export async function readRedcap(
   path: string,
-  options: { encoding?: string; dictionary?: Map<string, Map<string, string>> } = {},
+  options: { encoding?: string; dictionary?: Map<string, Map<string, string>>; limits?: Partial<ReadLimits> } = {},
 ): Promise<RawRecord[]> {
-  const rows = await readJson(path, { encoding: options.encoding });
+  const rows = await readJson(path, { encoding: options.encoding, limits: options.limits });
   return rows.map((raw) => {
-    if (!('redcap_repeat_instrument' in raw.fields) && !('record_id' in raw.fields) && Object.keys(raw.fields).length === 0) {
-      throw new SourceFileError(raw.file, `record ${raw.row} is empty`);
-    }
+    if (raw.problem) return { ...raw, fileType: 'record' };
+    if (Object.keys(raw.fields).length === 0) return { ...raw, fileType: 'record', problem: { field: '(record)', reason: `record ${raw.row} is empty` } };
     const fields = { ...raw.fields };
     if (options.dictionary) {
       for (const [name, value] of Object.entries(raw.fields)) {
