@@ -8,8 +8,8 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { createAuth, type AuthConfig } from '../delivery/auth/index.ts';
 import { FhirClient } from '../delivery/client.ts';
-import { DestinationConfigError, loadDestinations, Secret } from '../delivery/destinations.ts';
-import { fetchTrusting } from '../delivery/tls.ts';
+import { DestinationConfigError, isLoopback, loadDestinations, Secret } from '../delivery/destinations.ts';
+import { destinationClient } from '../delivery/destination-client.ts';
 import { StudySourceError } from '../report/fhir-source.ts';
 import { runStudyReport } from '../report/run.ts';
 
@@ -30,10 +30,6 @@ const DEFAULT_TIMEOUT_MS = 30_000;
 /** A usage or configuration problem: printed as is, exit code 1. */
 class ReportUsageError extends Error {
   override readonly name = 'ReportUsageError';
-}
-
-function isLoopback(host: string): boolean {
-  return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 
 function positiveInt(value: string, option: string): number {
@@ -69,13 +65,7 @@ export async function reportClient(options: ReportCommandOptions): Promise<FhirC
     if (options.bearerEnv !== undefined || options.bearerFile !== undefined) throw new ReportUsageError('--bearer-env and --bearer-file go with --fhir: a destination has its own auth');
     const destination = loadDestinations(options.config).find((d) => d.name === options.destination);
     if (!destination) throw new ReportUsageError(`no destination named '${options.destination}' in ${options.config}`);
-    const fetch = destination.tls ? fetchTrusting(destination.tls.ca) : undefined;
-    return new FhirClient({
-      baseUrl: destination.baseUrl,
-      timeoutMs: timeoutMs ?? destination.timeoutMs,
-      auth: createAuth(destination.auth, fetch ? { fetch } : {}),
-      ...(fetch ? { fetch } : {}),
-    });
+    return destinationClient(destination, timeoutMs === undefined ? {} : { timeoutMs });
   }
   if (options.fhir === undefined) throw new ReportUsageError('give the server: --fhir URL, or --destination NAME (with --config FILE)');
   if (options.bearerEnv !== undefined && options.bearerFile !== undefined) throw new ReportUsageError('give --bearer-env or --bearer-file, not both');

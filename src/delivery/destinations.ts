@@ -299,7 +299,8 @@ const SECRET_FIELDS: Record<string, readonly string[]> = {
   'smart-backend-services': ['privateKey'],
 };
 
-function isLoopback(host: string): boolean {
+/** Whether a host name is this machine's loopback (where clear-text http is acceptable). */
+export function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '[::1]' || /^127\.\d+\.\d+\.\d+$/.test(host);
 }
 

@@ -1,0 +1,16 @@
+import { createAuth } from './auth/index.ts';
+import { FhirClient } from './client.ts';
+import type { Destination } from './destinations.ts';
+import { fetchTrusting } from './tls.ts';
+
+/** The FHIR client of a destination: its base URL, timeout, auth, and its own CA bundle when it has one. */
+export function destinationClient(destination: Destination, options: { readonly timeoutMs?: number } = {}): FhirClient {
+  // The token endpoint is usually the hospital's too: it gets the same trust.
+  const fetch = destination.tls ? fetchTrusting(destination.tls.ca) : undefined;
+  return new FhirClient({
+    baseUrl: destination.baseUrl,
+    timeoutMs: options.timeoutMs ?? destination.timeoutMs,
+    auth: createAuth(destination.auth, fetch ? { fetch } : {}),
+    ...(fetch ? { fetch } : {}),
+  });
+}
