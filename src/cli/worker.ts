@@ -3,7 +3,8 @@
  * destination) until SIGTERM/SIGINT, then stops taking jobs, lets the jobs in flight finish and exits 0.
  *
  * Progress goes to stdout as JSON lines: queue, outcome, submission id, site, destination, counts. Never a
- * subject id, a job id (job ids carry the subject) or a record value.
+ * subject id, a job id (job ids carry the subject) or a record value. A Redis outage is one `redis-down` line
+ * and one `redis-reconnected` line (with `downMs`); jobs wait for Redis meanwhile instead of failing.
  */
 import type { Command } from 'commander';
 import type { Job } from 'bullmq';
@@ -73,6 +74,7 @@ interface WorkerOptions extends PipelineCliOptions {
   readonly concurrency?: number;
   readonly stalledInterval?: number;
   readonly lockDuration?: number;
+  readonly maxStalledCount?: number;
 }
 
 export function registerWorker(program: Command): void {
@@ -85,6 +87,7 @@ export function registerWorker(program: Command): void {
     .option('--prefix <prefix>', 'Redis key prefix of the queues', DEFAULT_PREFIX)
     .option('--stalled-interval <ms>', 'how often jobs of a dead worker are looked for (default 30000)', positiveInt('--stalled-interval'))
     .option('--lock-duration <ms>', 'lock of an active job, renewed while it runs (default 30000)', positiveInt('--lock-duration'))
+    .option('--max-stalled-count <n>', 'times a job whose worker died is put back before it is dead-lettered (default 1)', positiveInt('--max-stalled-count'))
     .action(async (options: WorkerOptions) => {
       await runWorker(options);
     });
@@ -96,7 +99,10 @@ async function runWorker(options: WorkerOptions): Promise<void> {
       ...(options.concurrency ? { mappingConcurrency: options.concurrency } : {}),
       ...(options.stalledInterval ? { stalledInterval: options.stalledInterval } : {}),
       ...(options.lockDuration ? { lockDuration: options.lockDuration } : {}),
+      ...(options.maxStalledCount ? { maxStalledCount: options.maxStalledCount } : {}),
     },
+    // Redis lost and back: one JSON line each (the workers wait for it and go on; see src/queue/pipeline.ts).
+    onRedisEvent: ({ event, ...fields }) => logJson(event, fields),
   });
   let stopping = false;
   const stopped = new Promise<string>((resolve) => {

@@ -23,11 +23,24 @@
  * job adds are deduplicated by id, counters count once per job and dead letters are keyed by job.
  * Mapping jobs are synchronous CPU work of a few ms per subject, far below the lock duration.
  *
+ * A job that stalls more than `maxStalledCount` times is dead-lettered (replayable) by the pipeline itself: BullMQ
+ * would fail it without running the processor, so the subject would end neither delivered nor dead-lettered.
+ * BullMQ is therefore given no stall limit of its own; the processor reads `job.stalledCounter`.
+ *
+ * Redis outages (see pipelineRedisOptions): every connection of the pipeline reconnects forever (100 ms, 200 ms,
+ * ... at most 1 s apart) and a command issued while Redis is unreachable waits in ioredis's offline queue until
+ * it is back, instead of failing after 20 reconnection attempts: a job that was mapping or delivering when Redis
+ * went away finishes once it is back (counters, dead letters and BullMQ's own bookkeeping included) rather than
+ * failing an attempt, or, on its last attempt, failing without a dead letter. The pipeline reports the outage
+ * and the reconnection once each (`onRedisEvent`). A job whose lock expired during a long outage is picked up
+ * again by the stalled-job check, which is safe (see above). Redis's own durability decides what survives a
+ * Redis crash: run it with `appendonly yes` (README: "Faults and soak").
+ *
  * Shutdown: `close()` stops fetching, waits for the jobs in flight to finish (Worker.close), then closes the
  * queues and connections; `closeOnSignals()` wires it to SIGINT/SIGTERM.
  */
 import { randomUUID } from 'node:crypto';
-import { Job, Queue, QueueEvents, RateLimitError, Worker, type JobsOptions } from 'bullmq';
+import { Job, Queue, QueueEvents, RateLimitError, UnrecoverableError, Worker, type JobsOptions } from 'bullmq';
 import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { Redis } from 'ioredis';
 import type { Destination } from '../delivery/destinations.ts';
@@ -36,6 +49,7 @@ import { queueNames, DEFAULT_PREFIX, type QueueNames } from './names.ts';
 import {
   COUNTERS,
   deliveryBackoff,
+  deliveryJobFailed,
   mappingJobFailed,
   PipelineContext,
   readExport,
@@ -62,9 +76,57 @@ export interface QueueConnection {
   readonly tls?: Record<string, unknown>;
 }
 
+/** What the pipeline reports about its Redis connection: once when it is lost, once when it is back. */
+export type RedisConnectionEvent =
+  | { readonly event: 'redis-down'; readonly error: string }
+  | { readonly event: 'redis-reconnected'; readonly downMs: number };
+
+/** Delay before reconnection attempt `times` (ioredis retryStrategy): 100 ms, 200 ms, ... at most 1 s; never gives up. */
+export function reconnectDelayMs(times: number): number {
+  return Math.min(100 * Math.max(1, times), 1000);
+}
+
+/**
+ * Options of every Redis connection the pipeline makes (its own, its queues', its workers', its queue events'):
+ * reconnect forever, quickly (reconnectDelayMs; BullMQ's default backs off to 20 s between attempts, so a
+ * worker could sit idle that long after Redis is back), and let commands wait for the reconnection instead of
+ * failing (`maxRetriesPerRequest: null`, which BullMQ requires of its blocking connections anyway).
+ */
+export function pipelineRedisOptions(connection: QueueConnection): PipelineRedisOptions {
+  return { ...connection, maxRetriesPerRequest: null, retryStrategy: reconnectDelayMs };
+}
+
+/** What pipelineRedisOptions gives: the connection plus the reconnection settings (both ioredis and BullMQ take it). */
+export type PipelineRedisOptions = QueueConnection & { readonly maxRetriesPerRequest: null; readonly retryStrategy: (times: number) => number };
+
+const CONNECTION_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'ENOTCONN', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN']);
+const CONNECTION_MESSAGES = [/connection is closed/i, /connection closed/i, /stream isn't writeable/i, /ECONNREFUSED|ECONNRESET|ETIMEDOUT/];
+
+/** Whether an error says Redis is unreachable (as opposed to a command or script error). */
+function isConnectionError(error: unknown): boolean {
+  if (error instanceof AggregateError) return error.errors.some(isConnectionError);
+  const e = error as { code?: unknown; message?: unknown } | null;
+  if (typeof e?.code === 'string' && CONNECTION_CODES.has(e.code)) return true;
+  return typeof e?.message === 'string' && CONNECTION_MESSAGES.some((re) => re.test(e.message as string));
+}
+
+/** A BullMQ message without our job ids (they carry the subject key): e.g. "Missing lock for job <job>" after a long outage. */
+function withoutJobIds(message: string): string {
+  return message.replace(/\b(?:map|dlv)\.[^\s,;]+/g, '<job>');
+}
+
+/** A plain error message for logs (ioredis wraps connection errors in AggregateError for dual-stack hosts). */
+function errorText(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) return errorText(error.errors[0]);
+  if (error instanceof Error) return (error as { code?: string }).code ? `${(error as { code?: string }).code}: ${error.message}` : error.message;
+  return String(error);
+}
+
 export interface QueuePipelineOptions extends PipelineConfig {
-  /** Redis connection (host, port, password, tls, ...). */
+  /** Redis connection (host, port, password, tls, ...); see pipelineRedisOptions for what is added. */
   readonly connection: QueueConnection;
+  /** Redis lost and back (default: one line on stderr each). */
+  readonly onRedisEvent?: (event: RedisConnectionEvent) => void;
   /** Key prefix (default `{tb}`: a hash tag, so on Redis Cluster every key of the pipeline is in one slot). */
   readonly prefix?: string;
   /** How long finished jobs are kept (and so deduplicate re-submissions). */
@@ -78,7 +140,7 @@ export interface QueuePipelineOptions extends PipelineConfig {
     readonly lockDuration?: number;
     /** How often stalled jobs are looked for, ms (default 30 000). */
     readonly stalledInterval?: number;
-    /** Times a stalled job is put back before it fails (default 1). */
+    /** Times a stalled job is put back before it is dead-lettered (default 1). */
     readonly maxStalledCount?: number;
   };
 }
@@ -103,19 +165,35 @@ export interface SubmitResult {
 }
 
 interface WorkerCommon {
-  readonly connection: QueueConnection;
+  readonly connection: PipelineRedisOptions;
   readonly prefix: string;
   readonly lockDuration: number;
   readonly stalledInterval: number;
   readonly maxStalledCount: number;
+  readonly runRetryDelay: number;
 }
 
 const MAP_JOB = 'map';
 const DELIVER_JOB = 'deliver';
 const BACKOFF_TYPE = 'tb-delivery';
+/** Subjects checked and added per round trip by submitExport. */
+const SUBMIT_CHUNK = 200;
 /** How long a queue is paused while another job of the same process is the circuit's probe. */
 const CIRCUIT_RECHECK_MS = 200;
 const UNBOUNDED_RATE = 1_000_000_000;
+/** BullMQ's own stall limit, never reached: the processors apply `maxStalledCount` themselves (see the top). */
+const BULLMQ_MAX_STALLED = 1_000_000;
+/** How long a worker waits before fetching again after a Redis error (BullMQ's default is 15 s). */
+const RUN_RETRY_DELAY_MS = 1000;
+
+/** Whether a job has stalled more often than allowed (its worker died or hung while running it). */
+function stalledTooOften(job: Job, maxStalledCount: number): boolean {
+  return (job.stalledCounter ?? 0) > maxStalledCount;
+}
+
+function stalledReason(job: Job): string {
+  return `gave up: the job stalled ${job.stalledCounter} times (its worker died or hung while running it)`;
+}
 
 export class QueuePipeline {
   readonly names: QueueNames;
@@ -126,16 +204,20 @@ export class QueuePipeline {
   readonly #options: QueuePipelineOptions;
   readonly #mappingQueue: Queue;
   readonly #deliveryQueues = new Map<string, Queue>();
-  readonly #events = new Map<string, QueueEvents>();
+  readonly #events = new Map<string, Promise<QueueEvents>>();
   readonly #workers: Worker[] = [];
   readonly #store: PipelineStore;
+  readonly #connection: PipelineRedisOptions;
   #closing: Promise<void> | undefined;
+  #downSince: number | undefined;
 
   constructor(options: QueuePipelineOptions) {
     this.#options = options;
     this.names = queueNames(options.prefix ?? DEFAULT_PREFIX);
     this.context = new PipelineContext(options);
-    this.redis = new Redis({ ...options.connection });
+    this.#connection = pipelineRedisOptions(options.connection);
+    this.redis = new Redis({ ...this.#connection });
+    this.#watchConnection();
     this.submissions = new RedisSubmissions(this.redis, this.names);
     this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions);
     const submissions = this.submissions;
@@ -149,7 +231,7 @@ export class QueuePipeline {
       removeOnFail: { age: options.retention?.failedSeconds ?? 7 * 24 * 3600 },
     };
     this.#mappingQueue = new Queue(this.names.mapping, {
-      connection: { ...options.connection },
+      connection: { ...this.#connection },
       prefix: this.names.prefix,
       defaultJobOptions: { attempts: options.mappingAttempts ?? 3, backoff: { type: 'exponential', delay: 1000 }, ...retention },
     });
@@ -157,13 +239,49 @@ export class QueuePipeline {
       this.#deliveryQueues.set(
         d.name,
         new Queue(this.names.delivery(d.name), {
-          connection: { ...options.connection },
+          connection: { ...this.#connection },
           prefix: this.names.prefix,
           defaultJobOptions: { attempts: d.retry.attempts, backoff: { type: BACKOFF_TYPE, delay: d.retry.baseMs }, ...retention },
         }),
       );
     }
     this.#allowManyWaiters();
+    for (const q of [this.#mappingQueue, ...this.#deliveryQueues.values()]) q.on('error', (error) => this.#connectionError(error));
+  }
+
+  /**
+   * Reports an outage once and the reconnection once, from the pipeline's own connection (used by every job for
+   * counters and dead letters, so it stands for the process): 'error'/'close' while not closing = down, 'ready' = back.
+   */
+  #watchConnection(): void {
+    this.redis.on('error', (error) => this.#connectionError(error, true));
+    this.redis.on('close', () => this.#connectionError(new Error('connection closed'), true));
+    this.redis.on('ready', () => {
+      if (this.#downSince === undefined) return;
+      const downMs = Date.now() - this.#downSince;
+      this.#downSince = undefined;
+      this.#report({ event: 'redis-reconnected', downMs });
+    });
+  }
+
+  /**
+   * A connection error of any of the pipeline's connections: reported once per outage, the rest are retries.
+   * Another connection's error while the pipeline's own one is up is not an outage (when Redis is gone, the own
+   * connection closes too, and that reports it).
+   */
+  #connectionError(error: unknown, own = false): void {
+    if (!isConnectionError(error)) {
+      console.error(`redis: ${errorText(error)}`);
+      return;
+    }
+    if (this.#closing || this.#downSince !== undefined || (!own && this.redis.status === 'ready')) return;
+    this.#downSince = Date.now();
+    this.#report({ event: 'redis-down', error: errorText(error) });
+  }
+
+  #report(event: RedisConnectionEvent): void {
+    if (this.#options.onRedisEvent) this.#options.onRedisEvent(event);
+    else console.error(event.event === 'redis-down' ? `redis: connection lost (${event.error}); reconnecting` : `redis: reconnected after ${event.downMs} ms`);
   }
 
   /** waitUntilFinished adds a 'closing' listener on the queue per job waited for: many at once are expected. */
@@ -183,7 +301,8 @@ export class QueuePipeline {
 
   /** Adds a job unless one with that id exists; resolves whether it was added. */
   async #addIfNew(queue: Queue, name: string, jobId: string, data: MappingJobData | DeliveryJobData, opts: JobsOptions = {}): Promise<boolean> {
-    if ((await queue.getJobState(jobId)) !== 'unknown') return false;
+    // A job exists while its hash does (pending, or finished and retained): one EXISTS, not a state script.
+    if ((await this.redis.exists(queue.toKey(jobId))) === 1) return false;
     // BullMQ itself ignores an add with an existing id, so a race between two producers queues it once.
     await queue.add(name, data, { ...opts, jobId });
     return true;
@@ -204,9 +323,19 @@ export class QueuePipeline {
     const readJob = `read.${submissionId}`;
     for (const p of read.problems) await this.deadLetters.deadLetter(recordDeadLetter(submissionId, site, readJob, 'read', p, false));
     const mappingJobs: SubmitResult['mappingJobs'] = [];
-    for (const job of read.jobs) {
-      const added = await this.#addIfNew(this.#mappingQueue, MAP_JOB, job.jobId, job.data);
-      mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added });
+    // In chunks: one round trip to learn which subjects are new, one to add them (BullMQ still ignores an id
+    // that another producer added in between, so a race queues a subject once).
+    for (let i = 0; i < read.jobs.length; i += SUBMIT_CHUNK) {
+      const chunk = read.jobs.slice(i, i + SUBMIT_CHUNK);
+      const check = this.redis.pipeline();
+      for (const job of chunk) check.exists(this.#mappingQueue.toKey(job.jobId));
+      const exists = ((await check.exec()) ?? []).map(([error, n]) => {
+        if (error) throw error;
+        return n === 1;
+      });
+      const fresh = chunk.filter((_job, j) => !exists[j]);
+      if (fresh.length > 0) await this.#mappingQueue.addBulk(fresh.map((job) => ({ name: MAP_JOB, data: job.data, opts: { jobId: job.jobId } })));
+      chunk.forEach((job, j) => mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added: !exists[j] }));
     }
     const queued = mappingJobs.filter((j) => j.added).length;
     const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
@@ -223,15 +352,22 @@ export class QueuePipeline {
   startWorkers(): Worker[] {
     const w = this.#options.workers ?? {};
     const common: WorkerCommon = {
-      connection: { ...this.#options.connection },
+      connection: { ...this.#connection },
       prefix: this.names.prefix,
       lockDuration: w.lockDuration ?? 30_000,
       stalledInterval: w.stalledInterval ?? 30_000,
-      maxStalledCount: w.maxStalledCount ?? 1,
+      maxStalledCount: BULLMQ_MAX_STALLED,
+      runRetryDelay: RUN_RETRY_DELAY_MS,
     };
+    const maxStalled = w.maxStalledCount ?? 1;
     const mappingWorker = new Worker<MappingJobData, MappingJobResult>(
       this.names.mapping,
       async (job) => {
+        if (stalledTooOften(job, maxStalled)) {
+          const reason = stalledReason(job);
+          await mappingJobFailed(this.#store, job.id!, job.data, new Error(reason));
+          throw new UnrecoverableError(reason);
+        }
         try {
           return await runMappingJob(this.context, this.#store, job.id!, job.data, this.#enqueueDelivery);
         } catch (error) {
@@ -243,19 +379,21 @@ export class QueuePipeline {
       { ...common, concurrency: w.mappingConcurrency ?? 1 },
     );
     this.#workers.push(mappingWorker);
-    for (const d of this.#options.destinations) this.#workers.push(this.#deliveryWorker(d, common));
+    for (const d of this.#options.destinations) this.#workers.push(this.#deliveryWorker(d, common, maxStalled));
     for (const worker of this.#workers) {
       // Without a listener an 'error' event would crash the process; failures are in the job's state anyway.
-      worker.on('error', (error) => console.error(`queue worker ${worker.name}: ${error.message}`));
+      // Connection errors repeat at every reconnection attempt: reported once per outage.
+      worker.on('error', (error) => (isConnectionError(error) ? this.#connectionError(error) : console.error(`queue worker ${worker.name}: ${withoutJobIds(error.message)}`)));
     }
     return [...this.#workers];
   }
 
-  #deliveryWorker(d: Destination, common: WorkerCommon): Worker<DeliveryJobData, DeliveryJobResult> {
+  #deliveryWorker(d: Destination, common: WorkerCommon, maxStalled: number): Worker<DeliveryJobData, DeliveryJobResult> {
     const queue = this.deliveryQueue(d.name);
     return new Worker<DeliveryJobData, DeliveryJobResult>(
       this.names.delivery(d.name),
       async (job) => {
+        if (stalledTooOften(job, maxStalled)) return deliveryJobFailed(this.#store, job.id!, job.data, stalledReason(job));
         try {
           return await runDeliveryJob(this.context, this.#store, job.id!, job.data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
         } catch (error) {
@@ -277,15 +415,26 @@ export class QueuePipeline {
     );
   }
 
-  #queueEvents(queue: Queue): QueueEvents {
+  /**
+   * The QueueEvents of a queue, made on first use. It reads the event stream from its newest entry as of now
+   * (not from `$` at its first XREAD, which may run later): no completion after this call can be missed.
+   */
+  #queueEvents(queue: Queue): Promise<QueueEvents> {
     let events = this.#events.get(queue.name);
     if (!events) {
-      events = new QueueEvents(queue.name, { connection: { ...this.#options.connection }, prefix: this.names.prefix });
-      events.setMaxListeners(0);
+      events = (async () => {
+        const newest = await this.redis.xrevrange(queue.keys.events, '+', '-', 'COUNT', 1);
+        const made = new QueueEvents(queue.name, { connection: { ...this.#connection }, prefix: this.names.prefix, lastEventId: newest[0]?.[0] ?? '0-0' });
+        made.setMaxListeners(0);
+        made.on('error', (error) => this.#connectionError(error));
+        await made.waitUntilReady();
+        return made;
+      })();
       this.#events.set(queue.name, events);
     }
     return events;
   }
+
 
   /**
    * Waits until every mapping job of a submission and every delivery job they made has finished (by queue
@@ -297,15 +446,12 @@ export class QueuePipeline {
 
   /** Waits until every mapping job of a submission has finished; resolves the delivery jobs they made. */
   async waitForMapping(result: Pick<SubmitResult, 'mappingJobs'>): Promise<{ destination: string; jobId: string }[]> {
-    const mapEvents = this.#queueEvents(this.#mappingQueue);
-    await mapEvents.waitUntilReady();
+    const mapEvents = await this.#queueEvents(this.#mappingQueue);
     const deliveries: { destination: string; jobId: string }[] = [];
     await Promise.all(
       result.mappingJobs.map(async ({ jobId }) => {
-        const job = await Job.fromId(this.#mappingQueue, jobId);
-        if (!job) return;
-        const value = (await job.waitUntilFinished(mapEvents)) as MappingJobResult;
-        deliveries.push(...value.deliveries);
+        const value = (await untilFinished(this.#mappingQueue, MAP_JOB, jobId, mapEvents)) as MappingJobResult | undefined;
+        if (value) deliveries.push(...value.deliveries);
       }),
     );
     return deliveries;
@@ -316,10 +462,8 @@ export class QueuePipeline {
     await Promise.all(
       jobs.map(async ({ destination, jobId }) => {
         const queue = this.deliveryQueue(destination);
-        const events = this.#queueEvents(queue);
-        await events.waitUntilReady();
-        const job = await Job.fromId(queue, jobId);
-        if (job) await job.waitUntilFinished(events);
+        const events = await this.#queueEvents(queue);
+        await untilFinished(queue, DELIVER_JOB, jobId, events);
       }),
     );
   }
@@ -347,7 +491,7 @@ export class QueuePipeline {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.closeWorkers();
-      await Promise.all([...this.#events.values()].map((e) => e.close()));
+      await Promise.all([...this.#events.values()].map(async (e) => (await e.catch(() => undefined))?.close()));
       await Promise.all([this.#mappingQueue, ...this.#deliveryQueues.values()].map((q) => q.close()));
       await this.redis.quit();
     })();
@@ -375,6 +519,19 @@ export class QueuePipeline {
       if (keys.length > 0) await this.redis.del(...keys);
       cursor = next;
     } while (cursor !== '0');
+  }
+}
+
+/**
+ * Waits for a job by id and resolves its return value (undefined when the job no longer exists: removed after
+ * its retention). Unlike Job.fromId, it does not read the job's data (a subject's records or bundle) from Redis.
+ */
+async function untilFinished(queue: Queue, name: string, jobId: string, events: QueueEvents): Promise<unknown> {
+  try {
+    return await new Job(queue, name, {}, {}, jobId).waitUntilFinished(events);
+  } catch (error) {
+    if (error instanceof Error && error.message.startsWith('Missing key for job')) return undefined;
+    throw error;
   }
 }
 

@@ -364,6 +364,31 @@ export async function mappingJobFailed(store: PipelineStore, jobId: string, data
   await store.count(data.submissionId, `${jobId}|mapped`, { [COUNTERS.mappingFailed]: 1 });
 }
 
+/**
+ * A delivery job given up outside runDeliveryJob (the pipeline's stall limit: its workers kept dying while it
+ * ran): dead-lettered like an exhausted one (replayable) and counted once. The bundle may have reached the
+ * server (a worker can die after sending it); a replay is safe either way.
+ */
+export async function deliveryJobFailed(store: PipelineStore, jobId: string, data: DeliveryJobData, reason: string): Promise<DeliveryJobResult> {
+  await store.deadLetter(
+    {
+      id: deadLetterId(jobId),
+      submissionId: data.submissionId,
+      stage: 'deliver',
+      site: data.site,
+      subject: data.subject,
+      destination: data.destination,
+      reason,
+      replayable: true,
+      jobId,
+      createdAt: new Date().toISOString(),
+    },
+    { kind: 'deliver', data },
+  );
+  await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
+  return { outcome: 'dead-lettered', message: reason };
+}
+
 export interface DeliveryJobResult {
   readonly outcome: 'delivered' | 'dead-lettered';
   readonly status?: number;
