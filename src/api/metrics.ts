@@ -6,6 +6,7 @@
  * an HTTP request latency histogram.
  */
 import { QueueEvents, type Queue } from 'bullmq';
+import { pipelineRedisOptions } from '../queue/pipeline.ts';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../log.ts';
 import type { QueuePipeline } from '../queue/pipeline.ts';
@@ -59,7 +60,8 @@ export function createMetrics(pipeline: QueuePipeline, logger?: Logger): ApiMetr
   const connection = pipeline.redis.options;
   const events = destinations.map((d) => {
     const ev = new QueueEvents(pipeline.deliveryQueue(d).name, {
-      connection: { host: connection.host, port: connection.port, username: connection.username, password: connection.password, db: connection.db, tls: connection.tls },
+      // The pipeline's reconnection settings: back within a second of Redis, not BullMQ's default of up to 20 s.
+      connection: pipelineRedisOptions({ host: connection.host, port: connection.port, username: connection.username, password: connection.password, db: connection.db, ...(connection.tls ? { tls: { ...connection.tls } } : {}) }),
       prefix: pipeline.names.prefix,
     });
     ev.on('error', (error) => (logger ? logger.error({ err: error, destination: d }, 'delivery events failed') : console.error(`trialbridge api metrics ${d}: ${error.message}`)));

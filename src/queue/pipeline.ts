@@ -522,16 +522,24 @@ export class QueuePipeline {
   }
 }
 
+/** How often a wait for a job re-reads its state, in case its completion event was missed. */
+const FINISHED_RECHECK_MS = 2000;
+
 /**
  * Waits for a job by id and resolves its return value (undefined when the job no longer exists: removed after
  * its retention). Unlike Job.fromId, it does not read the job's data (a subject's records or bundle) from Redis.
+ * The state is re-read every FINISHED_RECHECK_MS as a safety net should an event ever be missed.
  */
 async function untilFinished(queue: Queue, name: string, jobId: string, events: QueueEvents): Promise<unknown> {
-  try {
-    return await new Job(queue, name, {}, {}, jobId).waitUntilFinished(events);
-  } catch (error) {
-    if (error instanceof Error && error.message.startsWith('Missing key for job')) return undefined;
-    throw error;
+  const job = new Job(queue, name, {}, {}, jobId);
+  for (;;) {
+    try {
+      return await job.waitUntilFinished(events, FINISHED_RECHECK_MS);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (message.startsWith('Missing key for job')) return undefined;
+      if (!message.includes('timed out before finishing')) throw error;
+    }
   }
 }
 
