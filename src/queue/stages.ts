@@ -365,11 +365,19 @@ export async function mappingJobFailed(store: PipelineStore, jobId: string, data
 }
 
 /**
- * A delivery job given up outside runDeliveryJob (the pipeline's stall limit: its workers kept dying while it
- * ran): dead-lettered like an exhausted one (replayable) and counted once. The bundle may have reached the
- * server (a worker can die after sending it); a replay is safe either way.
+ * A delivery job given up: rejected by the server, retries spent, or stalled too often (its workers kept dying
+ * while it ran). Dead-lettered, replayable, with the server's status and OperationOutcome when there was one,
+ * and counted once. The bundle may have reached the server (a worker can die after sending it); a replay is
+ * safe either way.
  */
-export async function deliveryJobFailed(store: PipelineStore, jobId: string, data: DeliveryJobData, reason: string): Promise<DeliveryJobResult> {
+export async function deliveryJobFailed(
+  store: PipelineStore,
+  jobId: string,
+  data: DeliveryJobData,
+  reason: string,
+  status?: number,
+  outcome?: OperationOutcome,
+): Promise<DeliveryJobResult> {
   await store.deadLetter(
     {
       id: deadLetterId(jobId),
@@ -379,6 +387,8 @@ export async function deliveryJobFailed(store: PipelineStore, jobId: string, dat
       subject: data.subject,
       destination: data.destination,
       reason,
+      ...(status !== undefined ? { status } : {}),
+      ...(outcome ? { outcome } : {}),
       replayable: true,
       jobId,
       createdAt: new Date().toISOString(),
@@ -386,7 +396,7 @@ export async function deliveryJobFailed(store: PipelineStore, jobId: string, dat
     { kind: 'deliver', data },
   );
   await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
-  return { outcome: 'dead-lettered', message: reason };
+  return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
 }
 
 export interface DeliveryJobResult {
@@ -402,27 +412,8 @@ export interface DeliveryJobResult {
  */
 export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore, jobId: string, data: DeliveryJobData, finalAttempt: boolean): Promise<DeliveryJobResult> {
   const destination = ctx.destination(data.destination);
-  const deadLetter = async (reason: string, status?: number, outcome?: OperationOutcome): Promise<DeliveryJobResult> => {
-    await store.deadLetter(
-      {
-        id: deadLetterId(jobId),
-        submissionId: data.submissionId,
-        stage: 'deliver',
-        site: data.site,
-        subject: data.subject,
-        destination: data.destination,
-        reason,
-        ...(status !== undefined ? { status } : {}),
-        ...(outcome ? { outcome } : {}),
-        replayable: true,
-        jobId,
-        createdAt: new Date().toISOString(),
-      },
-      { kind: 'deliver', data },
-    );
-    await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
-    return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
-  };
+  const deadLetter = (reason: string, status?: number, outcome?: OperationOutcome): Promise<DeliveryJobResult> =>
+    deliveryJobFailed(store, jobId, data, reason, status, outcome);
   const breaker = ctx.breaker(destination);
   // While the destination is paused nothing is sent; the caller waits (not an attempt) and tries again.
   if (!breaker.tryAcquire()) throw new CircuitOpenError(destination.name, breaker.retryAfterMs());
