@@ -6,6 +6,7 @@ import { exportPKCS8, generateKeyPair } from 'jose';
 import { afterEach, beforeEach, describe as group, expect, it } from 'vitest';
 import { createAuth } from './auth/index.ts';
 import { acceptsResourceType, acceptsSite, DestinationConfigError, describe, loadDestinations, Secret } from './destinations.ts';
+import { makeTestCertificate } from '../../test/support/test-certificate.ts';
 
 const EXAMPLE = new URL('../../destinations.example.yaml', import.meta.url).pathname;
 const REGISTRY_SECRET = 'test-only-registry-client-secret';
@@ -13,6 +14,7 @@ const SPONSOR_TOKEN = 'test-only-sponsor-api-token';
 const PSEUDONYM_KEY = 'test-only-pseudonymisation-key-0123456789';
 
 let dir: string;
+const caCert = makeTestCertificate().cert;
 let pem: string;
 beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), 'trialbridge-destinations-'));
@@ -21,7 +23,7 @@ beforeEach(async () => {
   writeFileSync(join(dir, 'secrets', 'hopital-a-smart-key.pem'), pem);
   writeFileSync(join(dir, 'secrets', 'sponsor-api-token'), `${SPONSOR_TOKEN}\n`);
   mkdirSync(join(dir, 'certs'));
-  copyFileSync(new URL('../../test/support/tls/localhost-cert.pem', import.meta.url).pathname, join(dir, 'certs', 'hopital-a-ca.pem'));
+  writeFileSync(join(dir, 'certs', 'hopital-a-ca.pem'), caCert);
 });
 afterEach(() => rmSync(dir, { recursive: true, force: true }));
 

@@ -1,13 +1,12 @@
 import { once } from 'node:events';
-import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FhirClient } from './client.ts';
 import { fetchTrusting } from './tls.ts';
+import { makeTestCertificate } from '../../test/support/test-certificate.ts';
 
-const cert = readFileSync(new URL('../../test/support/tls/localhost-cert.pem', import.meta.url), 'utf8');
-const key = readFileSync(new URL('../../test/support/tls/localhost-key.pem', import.meta.url), 'utf8');
+const { cert, key } = makeTestCertificate();
 
 describe('a destination behind a private CA', () => {
   let server: Server;
