@@ -6,6 +6,7 @@ import addFormats from 'ajv-formats';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import type { AuthConfig } from './auth/index.ts';
 import { parsePrivateKey } from './auth/smart-backend-services.ts';
+import { describeSchemaError } from '../schema-errors.ts';
 
 /**
  * A resolved secret. It prints as `[secret]` in logs, JSON and util.inspect; only `reveal()` gives the value,
@@ -484,21 +485,13 @@ function schemaIssue(
   where: (path: readonly (string | number)[]) => number | undefined,
   nameAt: (index: unknown) => string | undefined,
 ): DestinationIssue {
-  const path: (string | number)[] = error.instancePath
-    .split('/')
-    .slice(1)
-    .map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  let message = error.message ?? 'is not valid';
+  const described = describeSchemaError(error);
+  const path: (string | number)[] = described.path;
+  let message = described.message;
   if (error.schemaPath.startsWith('#/$defs/secret')) {
+    // A secret is named as a whole, whatever key inside it is wrong.
+    if (error.keyword === 'additionalProperties') path.pop();
     message = error.keyword === 'pattern' ? 'env must name a variable (letters, digits, _)' : SECRET_MESSAGE;
-  } else if (error.keyword === 'additionalProperties') {
-    const extra = (error.params as { additionalProperty: string }).additionalProperty;
-    path.push(extra);
-    message = `unknown key '${extra}'`;
-  } else if (error.keyword === 'required') {
-    message = `missing required key '${(error.params as { missingProperty: string }).missingProperty}'`;
-  } else if (error.keyword === 'enum') {
-    message = `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
   } else if (error.keyword === 'discriminator') {
     message = 'auth.type must be one of none, bearer, basic, oauth2-client-credentials, smart-backend-services';
   } else if ((path[2] === 'sites' || path[2] === 'resourceTypes') && path.length === 3 && ['const', 'type', 'anyOf'].includes(error.keyword)) {

@@ -6,6 +6,7 @@ import { isMap, isScalar, LineCounter, parseDocument, type Document } from 'yaml
 import { MappingError, type MappingIssue } from './errors.ts';
 import { mappingSchema } from './schema.ts';
 import type { MappingSpec } from './types.ts';
+import { describeSchemaError } from '../schema-errors.ts';
 
 /** A YAML file of the `extends` chain, kept to place errors on lines. */
 interface MappingLayer {
@@ -128,17 +129,7 @@ function hasPath(data: unknown, path: readonly (string | number)[]): boolean {
 }
 
 function schemaIssue(error: ErrorObject, loaded: Pick<LoadedMapping, 'locate'>): MappingIssue {
-  const path = error.instancePath.split('/').slice(1).map((p) => p.replace(/~1/g, '/').replace(/~0/g, '~'));
-  let message = error.message ?? 'is not valid';
-  if (error.keyword === 'additionalProperties') {
-    const extra = (error.params as { additionalProperty: string }).additionalProperty;
-    path.push(extra);
-    message = `unknown key '${extra}'`;
-  } else if (error.keyword === 'required') {
-    message = `missing required key '${(error.params as { missingProperty: string }).missingProperty}'`;
-  } else if (error.keyword === 'enum') {
-    message = `must be one of ${(error.params as { allowedValues: unknown[] }).allowedValues.join(', ')}`;
-  }
+  const { path, message } = describeSchemaError(error);
   const { file, line } = loaded.locate(path);
   return { file, line, key: path.join('.'), message };
 }
