@@ -29,7 +29,7 @@ import { parse } from 'csv-parse/sync';
 import { stringify } from 'csv-stringify/sync';
 import { defaultValidator, validationCheck } from '../src/bundle/map-export.ts';
 import { subjectBundle } from '../src/bundle/transaction.ts';
-import { DEFAULTS, type Destination } from '../src/delivery/destinations.ts';
+import { destinationWithDefaults, type Destination } from '../src/delivery/destinations.ts';
 import { compileMapping } from '../src/mapping/compile.ts';
 import { mapRecords } from '../src/mapping/engine.ts';
 import { loadMapping } from '../src/mapping/load.ts';
@@ -99,24 +99,7 @@ async function startEndpoint(): Promise<Endpoint> {
 }
 
 function destination(baseUrl: string): Destination {
-  return {
-    name: 'bench',
-    kind: 'hospital',
-    baseUrl,
-    sites: '*',
-    resourceTypes: '*',
-    profiles: [],
-    maxEntries: 1000,
-    atomic: true,
-    transactions: true,
-    concurrency: 8,
-    timeoutMs: 30_000,
-    retry: DEFAULTS.retry,
-    circuitBreaker: DEFAULTS.circuitBreaker,
-    pseudonymise: false,
-    auth: { type: 'none' },
-    source: { file: '(bench)' },
-  };
+  return destinationWithDefaults({ name: 'bench', kind: 'hospital', baseUrl, maxEntries: 1000, atomic: true, transactions: true, concurrency: 8 });
 }
 
 /** `trialbridge worker` processes on a prefix; resolves once each has logged `ready` (start-up is not timed). */

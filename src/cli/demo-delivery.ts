@@ -4,7 +4,7 @@
  * back by FHIR search after each pass. Through BullMQ when REDIS_URL is set, in process otherwise.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { DEFAULTS, Secret, type Destination } from '../delivery/destinations.ts';
+import { destinationWithDefaults, Secret } from '../delivery/destinations.ts';
 import { FhirClient } from '../delivery/client.ts';
 import type { EmbeddedFhirServer } from '../delivery/embedded-server.ts';
 import type { CompiledMapping } from '../mapping/compile.ts';
@@ -40,28 +40,6 @@ export interface DemoPass {
   readonly seconds: number;
 }
 
-function destination(name: string, kind: Destination['kind'], baseUrl: string, pseudonymisationKey?: Secret): Destination {
-  return {
-    name,
-    kind,
-    baseUrl,
-    sites: '*',
-    resourceTypes: '*',
-    profiles: [],
-    maxEntries: DEFAULTS.maxEntries,
-    atomic: DEFAULTS.atomic,
-    transactions: true,
-    concurrency: DEFAULTS.concurrency,
-    timeoutMs: DEFAULTS.timeoutMs,
-    retry: DEFAULTS.retry,
-    circuitBreaker: DEFAULTS.circuitBreaker,
-    pseudonymise: pseudonymisationKey !== undefined,
-    ...(pseudonymisationKey ? { pseudonymisationKey } : {}),
-    auth: { type: 'none' },
-    source: { file: '(demo)' },
-  };
-}
-
 async function counts(baseUrl: string, types: readonly string[]): Promise<Record<string, number>> {
   const client = new FhirClient({ baseUrl });
   const out: Record<string, number> = {};
@@ -73,7 +51,10 @@ async function counts(baseUrl: string, types: readonly string[]): Promise<Record
 export async function demoDelivery(options: DemoDeliveryOptions): Promise<DemoPass[]> {
   // A fresh key per run: the demo's sponsor pseudonyms are not meant to be stable.
   const key = new Secret(randomBytes(32).toString('base64'), 'generated for the demo');
-  const destinations = [destination('hospital', 'hospital', options.hospital.baseUrl), destination('sponsor', 'sponsor', options.sponsor.baseUrl, key)];
+  const destinations = [
+    destinationWithDefaults({ name: 'hospital', kind: 'hospital', baseUrl: options.hospital.baseUrl, transactions: true }),
+    destinationWithDefaults({ name: 'sponsor', kind: 'sponsor', baseUrl: options.sponsor.baseUrl, transactions: true, pseudonymisationKey: key }),
+  ];
   const config = { mappings: options.mappings, destinations, validator: options.validator };
   const types = Object.keys(options.expected).sort();
   let pipeline: QueuePipeline | undefined;

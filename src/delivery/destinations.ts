@@ -503,6 +503,29 @@ function schemaIssue(
   return { file, line: where(path), key: path.join('.'), destination, message };
 }
 
+/**
+ * A destination made in code (the demo, benchmarks) rather than loaded from a file: every site and resource
+ * type, no auth, the documented defaults for the rest.
+ */
+export function destinationWithDefaults(init: Pick<Destination, 'name' | 'kind' | 'baseUrl'> & Partial<Destination>): Destination {
+  return {
+    sites: '*',
+    resourceTypes: '*',
+    profiles: [],
+    maxEntries: DEFAULTS.maxEntries,
+    atomic: DEFAULTS.atomic,
+    transactions: DEFAULTS.transactions,
+    concurrency: DEFAULTS.concurrency,
+    timeoutMs: DEFAULTS.timeoutMs,
+    retry: DEFAULTS.retry,
+    circuitBreaker: DEFAULTS.circuitBreaker,
+    pseudonymise: init.pseudonymisationKey !== undefined,
+    auth: { type: 'none' },
+    source: { file: '(code)' },
+    ...init,
+  };
+}
+
 /** Whether a destination receives a site's subjects. */
 export function acceptsSite(destination: Destination, site: string): boolean {
   return destination.sites === '*' || destination.sites.includes(site);
