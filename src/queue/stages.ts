@@ -7,14 +7,13 @@
 import type { Bundle, OperationOutcome } from '@medplum/fhirtypes';
 import { subjectBundle } from '../bundle/transaction.ts';
 import { validationCheck } from '../bundle/map-export.ts';
-import { createAuth } from '../delivery/auth/index.ts';
 import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../delivery/circuit-breaker.ts';
-import { FhirClient } from '../delivery/client.ts';
+import type { FhirClient } from '../delivery/client.ts';
+import { destinationClient } from '../delivery/destination-client.ts';
 import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from '../delivery/deliver.ts';
 import type { Destination } from '../delivery/destinations.ts';
 import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
 import { filterBundle } from '../delivery/resource-filter.ts';
-import { fetchTrusting } from '../delivery/tls.ts';
 import type { CompiledMapping } from '../mapping/compile.ts';
 import { mapRecords } from '../mapping/engine.ts';
 import { readSourceRecords } from '../mapping/records.ts';
@@ -177,15 +176,7 @@ export class PipelineContext {
   client(destination: Destination): FhirClient {
     let client = this.#clients.get(destination.name);
     if (!client) {
-      const fetch = destination.tls ? fetchTrusting(destination.tls.ca) : undefined;
-      client =
-        this.config.clientFor?.(destination) ??
-        new FhirClient({
-          baseUrl: destination.baseUrl,
-          timeoutMs: destination.timeoutMs,
-          auth: createAuth(destination.auth, fetch ? { fetch } : {}),
-          ...(fetch ? { fetch } : {}),
-        });
+      client = this.config.clientFor?.(destination) ?? destinationClient(destination);
       this.#clients.set(destination.name, client);
     }
     return client;
