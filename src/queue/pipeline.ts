@@ -308,7 +308,20 @@ export class QueuePipeline {
     return true;
   }
 
-  #enqueueDelivery = (jobId: string, data: DeliveryJobData): Promise<boolean> => this.#addIfNew(this.deliveryQueue(data.destination), DELIVER_JOB, jobId, data);
+  /**
+   * Adds a delivery job unless one with that id exists. One that this very mapping job added in an earlier run
+   * (its worker died between adding it and counting) counts as added now: otherwise the run again would count
+   * it a duplicate, and the submission would end with more deliveries finished than queued.
+   */
+  #enqueueDelivery = async (jobId: string, data: DeliveryJobData): Promise<boolean> => {
+    const queue = this.deliveryQueue(data.destination);
+    if (await this.#addIfNew(queue, DELIVER_JOB, jobId, data)) return true;
+    if (data.origin === undefined) return false;
+    const existing = await this.redis.hget(queue.toKey(jobId), 'data');
+    if (existing === null) return false;
+    const { submissionId, origin } = JSON.parse(existing) as Partial<DeliveryJobData>;
+    return submissionId === data.submissionId && origin === data.origin;
+  };
 
   #enqueueReplay = (jobId: string, payload: ReplayPayload): Promise<boolean> =>
     payload.kind === 'map'
@@ -538,7 +551,10 @@ async function untilFinished(queue: Queue, name: string, jobId: string, events: 
     } catch (error) {
       const message = error instanceof Error ? error.message : String(error);
       if (message.startsWith('Missing key for job')) return undefined;
-      if (!message.includes('timed out before finishing')) throw error;
+      if (message.includes('timed out before finishing')) continue;
+      // A job failed for good is finished too: the pipeline dead-lettered it before failing it.
+      if ((await queue.getJobState(jobId)) === 'failed') return undefined;
+      throw error;
     }
   }
 }

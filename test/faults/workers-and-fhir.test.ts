@@ -293,6 +293,11 @@ describe('workers killed and the FHIR server down, slow, back', () => {
     await first.ready();
     const submitted = await r.producer.submitExport(SITE, inputs, { recorded: RECORDED });
     await within(60_000, 'the victim bundle is sent', heldTimes(1));
+    // Every subject mapped first: the kills below land on the delivery job alone, not on a mapping job too.
+    await until(60_000, 'every subject mapped', async () => {
+      const counts = await r.producer.mappingQueue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
+      return Object.values(counts).every((n) => n === 0);
+    }, 50);
     await first.kill();
     const second = r.startWorker();
     await within(60_000, 'the victim bundle is sent again by the second worker', heldTimes(2));
