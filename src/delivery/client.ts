@@ -50,6 +50,17 @@ export interface RequestOptions {
 
 const FHIR_JSON = 'application/fhir+json';
 
+/**
+ * A request body that is JSON text already (a bundle serialised once by the mapping stage and kept as text in
+ * its delivery job): sent as it is, not serialised again.
+ */
+export class JsonText {
+  readonly text: string;
+  constructor(text: string) {
+    this.text = text;
+  }
+}
+
 function isOperationOutcome(body: unknown): body is OperationOutcome {
   return typeof body === 'object' && body !== null && (body as { resourceType?: unknown }).resourceType === 'OperationOutcome';
 }
@@ -170,7 +181,7 @@ export class FhirClient {
     const response = await this.#fetch(url, {
       method,
       headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
+      body: body === undefined ? undefined : body instanceof JsonText ? body.text : JSON.stringify(body),
       signal,
     });
     // The body is read under the same timeout: a server that stalls mid-body times out too.

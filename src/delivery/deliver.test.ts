@@ -6,7 +6,7 @@ import { SAMPLE_SITES } from '../cli/demo.ts';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { FhirClient, FhirHttpError } from './client.ts';
-import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from './deliver.ts';
+import { deliverBundle, DeliveryRetryableError, serializeBundle, type DeliverOptions } from './deliver.ts';
 import { referencesOf } from './split.ts';
 
 const ORIGIN = 'http://fhir.test';
@@ -207,6 +207,34 @@ describe('deliverBundle against faults', () => {
     const later = sent.slice(1).flatMap((p) => p.entry!.flatMap((e) => referencesOf(e.resource)));
     expect(later).toContain('Patient/id-1-patient');
     for (const ref of later) expect(ref).toMatch(/^(urn:uuid:|[A-Za-z]+\/id-)/);
+  });
+
+  it('posts a serialised bundle as the text it is, and parses and splits one larger than maxEntries', async () => {
+    const serialized = serializeBundle(bundle);
+    const bodies: string[] = [];
+    nock(ORIGIN)
+      .post('/fhir/R4')
+      .times(10)
+      .reply(200, async (request: Request) => {
+        const text = await request.text();
+        bodies.push(text);
+        return transactionResponse(JSON.parse(text) as Bundle);
+      });
+    const client = new FhirClient({ baseUrl: BASE });
+    const whole = await deliverBundle(client, serialized, options(recorder().sleep));
+    expect(whole).toEqual({ outcome: 'delivered', attempts: 1, requests: 1, entries: { created: bundle.entry!.length, updated: 0 } });
+    expect(bodies).toEqual([serialized.json]);
+    const split = await deliverBundle(client, serialized, options(recorder().sleep, { maxEntries: 8 }));
+    expect(split.requests).toBe(Math.ceil(bundle.entry!.length / 8));
+    expect(bodies.slice(1).map((b) => (JSON.parse(b) as Bundle).entry!.length)).toEqual(
+      Array.from({ length: split.requests }, (_, i) => Math.min(8, bundle.entry!.length - 8 * i)),
+    );
+  });
+
+  it('rejects a serialised bundle on a 400 with the server message, once', async () => {
+    nock(ORIGIN).post('/fhir/R4').reply(400, outcome('birthDate is not a date'));
+    const result = await deliverBundle(new FhirClient({ baseUrl: BASE }), serializeBundle(bundle), options(recorder().sleep));
+    expect(result).toMatchObject({ outcome: 'rejected', attempts: 1, requests: 1, rejection: { status: 400, message: expect.stringContaining('birthDate is not a date') } });
   });
 
   it('without transactions (detected once per client) sends conditional PUTs and rejects at the first refused one', async () => {

@@ -57,6 +57,11 @@ export interface Destination {
   readonly maxEntries: number;
   /** A subject's bundle goes in one transaction or not at all: never split. */
   readonly atomic: boolean;
+  /**
+   * Subjects whose bundles may share one transaction (1: one subject per transaction), within `maxEntries`:
+   * bundles of delivery jobs running at the same time are sent together (see delivery/batcher.ts).
+   */
+  readonly subjectsPerTransaction: number;
   /** Whether the server takes transaction bundles: `detect` asks its CapabilityStatement. */
   readonly transactions: boolean | 'detect';
   /** Requests in flight at once. */
@@ -115,6 +120,7 @@ export function formatDestinationIssue(issue: DestinationIssue): string {
 export const DEFAULTS = {
   maxEntries: 50,
   atomic: false,
+  subjectsPerTransaction: 1,
   transactions: 'detect',
   concurrency: 4,
   timeoutMs: 30_000,
@@ -170,6 +176,7 @@ export const destinationsSchema = {
         },
         profiles: { type: 'array', uniqueItems: true, items: { type: 'string', format: 'uri' } },
         maxEntries: positiveInt,
+        subjectsPerTransaction: positiveInt,
         atomic: { type: 'boolean' },
         transactions: { enum: [true, false, 'detect'] },
         concurrency: { type: 'integer', minimum: 1, maximum: 64 },
@@ -462,6 +469,7 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
       profiles: (d.profiles as string[] | undefined) ?? [],
       maxEntries,
       atomic: (d.atomic as boolean | undefined) ?? DEFAULTS.atomic,
+      subjectsPerTransaction: (d.subjectsPerTransaction as number | undefined) ?? DEFAULTS.subjectsPerTransaction,
       transactions: (d.transactions as boolean | 'detect' | undefined) ?? DEFAULTS.transactions,
       concurrency: (d.concurrency as number | undefined) ?? DEFAULTS.concurrency,
       rateLimit: d.rateLimit as Destination['rateLimit'],
@@ -514,6 +522,7 @@ export function destinationWithDefaults(init: Pick<Destination, 'name' | 'kind' 
     profiles: [],
     maxEntries: DEFAULTS.maxEntries,
     atomic: DEFAULTS.atomic,
+    subjectsPerTransaction: DEFAULTS.subjectsPerTransaction,
     transactions: DEFAULTS.transactions,
     concurrency: DEFAULTS.concurrency,
     timeoutMs: DEFAULTS.timeoutMs,
@@ -552,7 +561,7 @@ export function describe(destination: Destination): string {
     types,
     `auth ${authText}`,
     destination.pseudonymise ? 'pseudonymised' : 'identifiable',
-    `${destination.maxEntries} entries/transaction${destination.atomic ? ' (atomic)' : ''}`,
+    `${destination.maxEntries} entries/transaction${destination.atomic ? ' (atomic)' : ''}${destination.subjectsPerTransaction > 1 ? `, up to ${destination.subjectsPerTransaction} subjects each` : ''}`,
     `transactions ${destination.transactions}`,
     `concurrency ${destination.concurrency}`,
   ].join(', ');

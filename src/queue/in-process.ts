@@ -104,22 +104,48 @@ export async function runInProcess(options: InProcessOptions): Promise<InProcess
       await mappingJobFailed(store, job.jobId, job.data, error);
     }
   }
+  // Each destination's deliveries run `concurrency` at a time (so that they can share transactions where the
+  // destination allows), and destinations side by side: one that is down or slow holds back no other.
+  const byDestination = new Map<string, { jobId: string; data: DeliveryJobData }[]>();
   for (const job of deliveryQueue) {
-    const destination = ctx.destination(job.data.destination);
-    for (let attempt = 1; ; attempt++) {
-      try {
-        await runDeliveryJob(ctx, store, job.jobId, job.data, attempt >= destination.retry.attempts);
-        break;
-      } catch (error) {
-        if (error instanceof CircuitOpenError) {
-          // Paused destination: wait for the probe time; this was not an attempt.
-          attempt--;
-          await sleep(Math.max(error.retryAfterMs, 1));
-          continue;
-        }
-        await sleep(deliveryBackoff(destination, attempt, error));
+    const jobs = byDestination.get(job.data.destination) ?? [];
+    jobs.push(job);
+    byDestination.set(job.data.destination, jobs);
+  }
+  await Promise.all(
+    [...byDestination].map(([name, jobs]) => {
+      const destination = ctx.destination(name);
+      let next = 0;
+      const lane = async (): Promise<void> => {
+        while (next < jobs.length) await deliverWithRetries(ctx, store, jobs[next++], destination.retry.attempts, sleep);
+      };
+      return Promise.all(Array.from({ length: Math.min(destination.concurrency, jobs.length) }, lane));
+    }),
+  );
+  return { submission: toSubmissionCounters(submissionId, store.fields), deadLetters: [...store.deadLetters.values()] };
+}
+
+/** One delivery job, tried up to `attempts` times with the destination's backoff (waits while its circuit is open). */
+async function deliverWithRetries(
+  ctx: PipelineContext,
+  store: PipelineStore,
+  job: { jobId: string; data: DeliveryJobData },
+  attempts: number,
+  sleep: (ms: number) => Promise<void>,
+): Promise<void> {
+  const destination = ctx.destination(job.data.destination);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await runDeliveryJob(ctx, store, job.jobId, job.data, attempt >= attempts);
+      return;
+    } catch (error) {
+      if (error instanceof CircuitOpenError) {
+        // Paused destination: wait for the probe time; this was not an attempt.
+        attempt--;
+        await sleep(Math.max(error.retryAfterMs, 1));
+        continue;
       }
+      await sleep(deliveryBackoff(destination, attempt, error));
     }
   }
-  return { submission: toSubmissionCounters(submissionId, store.fields), deadLetters: [...store.deadLetters.values()] };
 }

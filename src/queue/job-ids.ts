@@ -6,6 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Bundle } from '@medplum/fhirtypes';
+import type { SerializedBundle } from '../delivery/deliver.ts';
 import type { SourceRecord } from '../source/record.ts';
 import { encodeNamePart } from './names.ts';
 
@@ -25,7 +26,12 @@ export function canonicalJson(value: unknown): string {
  * canonicalJson (which showed as a tenth of the queue's CPU). Data of other origin: hash canonicalJson instead.
  */
 export function contentHash(value: unknown): string {
-  return createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 40);
+  return textHash(JSON.stringify(value));
+}
+
+/** Hash of JSON text: equal to contentHash of the value it is the JSON.stringify of. */
+export function textHash(text: string): string {
+  return createHash('sha256').update(text).digest('hex').slice(0, 40);
 }
 
 /**
@@ -51,8 +57,8 @@ export function mappingJobId(site: string, subject: string, mappingVersion: stri
 }
 
 /** Delivery job: per (destination, business key = site + subject, hash of the bundle as sent). */
-export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | string): string {
-  const hash = typeof bundle === 'string' ? bundle : contentHash(bundle);
+export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | SerializedBundle | string): string {
+  const hash = typeof bundle === 'string' ? bundle : 'json' in bundle ? textHash(bundle.json) : contentHash(bundle);
   return ['dlv', destination, site, subject, hash].map(encodeNamePart).join('.');
 }
 

@@ -10,7 +10,8 @@ import { validationCheck } from '../bundle/map-export.ts';
 import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../delivery/circuit-breaker.ts';
 import type { FhirClient } from '../delivery/client.ts';
 import { destinationClient } from '../delivery/destination-client.ts';
-import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from '../delivery/deliver.ts';
+import { TransactionBatcher } from '../delivery/batcher.ts';
+import { DeliveryRetryableError, serializeBundle, type DeliverOptions, type DeliveryResult, type SerializedBundle } from '../delivery/deliver.ts';
 import type { Destination } from '../delivery/destinations.ts';
 import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
 import { filterBundle } from '../delivery/resource-filter.ts';
@@ -33,13 +34,18 @@ export interface MappingJobData {
   readonly records: SourceRecord[];
 }
 
-/** Data of a delivery job: one subject's bundle, as it is sent to that destination (pseudonymised or not). */
+/**
+ * Data of a delivery job: one subject's bundle, as it is sent to that destination (pseudonymised or not), as
+ * JSON text: serialised once when mapped, it travels through Redis as one string and is posted as it is.
+ */
 export interface DeliveryJobData {
   readonly submissionId: string;
   readonly destination: string;
   readonly site: string;
   readonly subject: string;
-  readonly bundle: Bundle;
+  readonly bundle: SerializedBundle;
+  /** The mapping job that queued it: a mapping job run again (its worker died) knows its own delivery jobs. */
+  readonly origin?: string;
 }
 
 /** Where a dead letter came from: reading (no subject), mapping (a record), or delivering (a bundle). */
@@ -140,6 +146,7 @@ export class PipelineContext {
   readonly #mappings = new Map<string, CompiledMapping>();
   readonly #destinations = new Map<string, Destination>();
   readonly #clients = new Map<string, FhirClient>();
+  readonly #batchers = new Map<string, TransactionBatcher>();
   /** Per process: each worker process judges a destination by what it saw itself. */
   readonly breakers: CircuitBreakers;
 
@@ -180,6 +187,18 @@ export class PipelineContext {
       this.#clients.set(destination.name, client);
     }
     return client;
+  }
+
+  /** Delivers one subject's bundle to a destination, in a transaction shared with others where it allows. */
+  deliver(destination: Destination, bundle: SerializedBundle): Promise<DeliveryResult> {
+    let batcher = this.#batchers.get(destination.name);
+    if (!batcher) {
+      // Never more subjects than delivery jobs run at once: a batch waits for no job that cannot come.
+      const subjects = Math.min(destination.subjectsPerTransaction, destination.concurrency);
+      batcher = new TransactionBatcher(this.client(destination), { subjects, entries: destination.maxEntries }, () => this.deliverOptions(destination));
+      this.#batchers.set(destination.name, batcher);
+    }
+    return batcher.deliver(bundle);
   }
 
   breaker(destination: Destination): CircuitBreaker {
@@ -301,7 +320,8 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
         continue;
       }
       const sent = destination.pseudonymise ? pseudonymiseBundle(allowed, destination.pseudonymisationKey!.reveal()) : allowed;
-      const deliveryId = deliveryJobId(destination.name, data.site, data.subject, sent);
+      const serialized = serializeBundle(sent);
+      const deliveryId = deliveryJobId(destination.name, data.site, data.subject, serialized);
       if (destination.profiles.length > 0) {
         const issues = (sent.entry ?? []).flatMap((e) =>
           ctx.config.validator!.validate(e.resource!, destination.profiles).filter((i) => i.severity === 'error' || i.severity === 'fatal'),
@@ -326,7 +346,7 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
           continue;
         }
       }
-      const added = await enqueue(deliveryId, { submissionId: data.submissionId, destination: destination.name, site: data.site, subject: data.subject, bundle: sent });
+      const added = await enqueue(deliveryId, { submissionId: data.submissionId, destination: destination.name, site: data.site, subject: data.subject, bundle: serialized, origin: jobId });
       deliveries.push({ destination: destination.name, jobId: deliveryId, added });
       const counter = perDestination(added ? COUNTERS.deliveryQueued : COUNTERS.deliveryDuplicates, destination.name);
       increments[counter] = (increments[counter] ?? 0) + 1;
@@ -410,7 +430,7 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
   if (!breaker.tryAcquire()) throw new CircuitOpenError(destination.name, breaker.retryAfterMs());
   let result;
   try {
-    result = await deliverBundle(ctx.client(destination), data.bundle, ctx.deliverOptions(destination));
+    result = await ctx.deliver(destination, data.bundle);
     // A rejection of the data is an answer: the server is up.
     breaker.success();
   } catch (error) {

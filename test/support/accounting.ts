@@ -97,7 +97,7 @@ export async function accountRecords(
   const deliveredBundles = new Map<string, Bundle>();
   const deadLetteredBundles = new Map<string, Bundle>();
   for (const { data, result } of await finishedDeliveries(pipeline, destination, submissionId)) {
-    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, data.bundle);
+    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, JSON.parse(data.bundle.json) as Bundle);
   }
   const deadLetteredSubjects = new Set(deliveryDeadLetters.map((l) => l.subject!));
 

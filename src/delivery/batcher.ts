@@ -1,0 +1,129 @@
+/**
+ * Several subjects' bundles in one transaction, where a destination allows it (`subjectsPerTransaction`):
+ * bundles handed in by delivery jobs running at the same time are gathered for a moment and sent together,
+ * within the destination's `maxEntries`. Each job still gets its own answer:
+ * - the transaction is applied: every bundle in it is delivered;
+ * - it is rejected (a 4xx with an OperationOutcome): each bundle is sent again on its own, so that only the
+ *   subjects the server refuses are rejected, each with the server's own message about its data;
+ * - it fails in a way worth retrying (network, timeout, 5xx, 429 after in-request retries): every job fails
+ *   this attempt, and the queue retries each (every entry is a conditional update: sending again is safe).
+ * Entries the bundles share (the ResearchStudy every subject refers to) are sent once.
+ */
+import type { Bundle, BundleEntry } from '@medplum/fhirtypes';
+import { deliverBundle, type DeliverOptions, type DeliveryResult, type SerializedBundle } from './deliver.ts';
+import type { FhirClient } from './client.ts';
+
+export interface BatchLimits {
+  /** Most subjects per transaction (1: no batching). */
+  readonly subjects: number;
+  /** Most entries per transaction. */
+  readonly entries: number;
+  /** How long the first bundle waits for others (default 2 ms): jobs that run together arrive within it. */
+  readonly lingerMs?: number;
+}
+
+interface Pending {
+  readonly bundle: SerializedBundle;
+  readonly resolve: (result: DeliveryResult) => void;
+  readonly reject: (error: unknown) => void;
+}
+
+export class TransactionBatcher {
+  readonly #client: FhirClient;
+  readonly #limits: BatchLimits;
+  readonly #options: () => DeliverOptions;
+  #pending: Pending[] = [];
+  #entries = 0;
+  #timer: NodeJS.Timeout | undefined;
+  /** Transactions sent with more than one subject, and the subjects in them (for logs and tests). */
+  readonly stats = { batches: 0, batchedSubjects: 0, fallbacks: 0 };
+
+  constructor(client: FhirClient, limits: BatchLimits, options: () => DeliverOptions) {
+    this.#client = client;
+    this.#limits = limits;
+    this.#options = options;
+  }
+
+  /** Delivers one subject's bundle, alone or with others; resolves or rejects as deliverBundle would for it. */
+  deliver(bundle: SerializedBundle): Promise<DeliveryResult> {
+    if (this.#limits.subjects <= 1 || bundle.entries >= this.#limits.entries) return deliverBundle(this.#client, bundle, this.#options());
+    return new Promise<DeliveryResult>((resolve, reject) => {
+      if (this.#entries + bundle.entries > this.#limits.entries) this.#flush();
+      this.#pending.push({ bundle, resolve, reject });
+      this.#entries += bundle.entries;
+      if (this.#pending.length >= this.#limits.subjects) this.#flush();
+      else this.#timer ??= setTimeout(() => this.#flush(), this.#limits.lingerMs ?? 2);
+    });
+  }
+
+  #flush(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const batch = this.#pending;
+    this.#pending = [];
+    this.#entries = 0;
+    if (batch.length > 0) void this.#send(batch);
+  }
+
+  async #send(pending: Pending[]): Promise<void> {
+    let batch = pending;
+    const alone = (p: Pending) => deliverBundle(this.#client, p.bundle, this.#options()).then(p.resolve, p.reject);
+    const { combined, conflicting } = combine(batch.map((p) => JSON.parse(p.bundle.json) as Bundle));
+    const solo = conflicting.map((i) => alone(batch[i]));
+    batch = batch.filter((_p, i) => !conflicting.includes(i));
+    if (batch.length <= 1) {
+      await Promise.all([...solo, ...batch.map(alone)]);
+      return;
+    }
+    let result: DeliveryResult;
+    try {
+      result = await deliverBundle(this.#client, combined, this.#options());
+    } catch (error) {
+      for (const p of batch) p.reject(error);
+      await Promise.all(solo);
+      return;
+    }
+    this.stats.batches++;
+    this.stats.batchedSubjects += batch.length;
+    if (result.outcome === 'delivered') {
+      for (const p of batch) p.resolve({ outcome: 'delivered', attempts: result.attempts, requests: result.requests, entries: { created: 0, updated: p.bundle.entries } });
+      await Promise.all(solo);
+      return;
+    }
+    // Which subject's data the server refused is known only by sending each on its own.
+    this.stats.fallbacks++;
+    await Promise.all([...solo, ...batch.map(alone)]);
+  }
+}
+
+/**
+ * One transaction of several subjects' bundles. An entry whose fullUrl is already in it (the ResearchStudy
+ * every subject refers to) is sent once when it is the same; the same fullUrl twice would break the bundle's
+ * uniqueness rule and make a server write one resource twice in one transaction. A bundle holding another
+ * version of such an entry (two sites describing the study differently) is left out: `conflicting` lists
+ * their indexes, to be sent on their own.
+ */
+export function combine(bundles: readonly Bundle[]): { combined: Bundle; conflicting: number[] } {
+  const seen = new Map<string, BundleEntry>();
+  const entry: BundleEntry[] = [];
+  const conflicting: number[] = [];
+  bundles.forEach((bundle, i) => {
+    const own = (bundle.entry ?? []).filter((e) => {
+      const earlier = e.fullUrl ? seen.get(e.fullUrl) : undefined;
+      return !earlier;
+    });
+    const clash = (bundle.entry ?? []).some((e) => {
+      const earlier = e.fullUrl ? seen.get(e.fullUrl) : undefined;
+      return earlier !== undefined && JSON.stringify(earlier) !== JSON.stringify(e);
+    });
+    if (clash) {
+      conflicting.push(i);
+      return;
+    }
+    for (const e of own) {
+      if (e.fullUrl) seen.set(e.fullUrl, e);
+      entry.push(e);
+    }
+  });
+  return { combined: { resourceType: 'Bundle', type: 'transaction', entry }, conflicting };
+}
