@@ -1,7 +1,8 @@
 /**
- * `node bench/pipeline.bench.ts [--copies N] [--rounds N] [--quick]`: end-to-end records/s of the service, from
- * submission to acknowledged delivery, through BullMQ (real Redis at REDIS_URL or 127.0.0.1:6379) to a minimal
- * FHIR endpoint that accepts transactions, beside the same work done in process without a queue, in one run.
+ * `node bench/pipeline.bench.ts [--copies N] [--rounds N] [--quick] [--workers N] [--batch N] [--only A|B]`:
+ * end-to-end records/s of the service, from submission to acknowledged delivery, through BullMQ (real Redis at
+ * REDIS_URL or 127.0.0.1:6379) to a minimal FHIR endpoint that accepts transactions, beside the same work done
+ * in process without a queue, in one run.
  *
  * Data: site A's export replicated `copies` times with new subject ids (`A001-R0001`, ...) and row ids, written to
  * a temp dir (default 40 copies: 720 subjects, ~16,000 records).
@@ -10,11 +11,17 @@
  *   in process, HTTP                the pipeline stages without a queue (runInProcess), delivering to the endpoint
  *   BullMQ, HTTP                    QueuePipeline: submitExport → mapping jobs → delivery jobs → the endpoint;
  *                                   workers in this process; timed until every delivery job has completed
+ *   BullMQ, HTTP, N worker processes  the same with `trialbridge worker` processes (started once, before the
+ *                                   warm-up, and kept: deployed workers are long-lived and warm)
+ * The destination takes up to `--batch` (default 8) subjects per transaction (subjectsPerTransaction).
  * The goal of the service issue: queue and HTTP cost at most half, i.e. BullMQ / (no queue, no HTTP) >= 0.5.
+ * Beside wall-clock records/s, each mode's CPU time is summed over every process taking part (this one, the
+ * endpoint, Redis, the worker processes): CPU per record is what the queue and HTTP cost whatever the number of
+ * cores, and is steadier than wall time on a shared machine.
  *
  * The endpoint is a separate process (bench/minimal-fhir-endpoint.ts) answering each transaction with one
- * `201 Created` per entry: a stand-in for a fast FHIR server, so that the server's cost is not measured. It keeps
- * a count of the entries it received, checked against the mapped resources after every BullMQ round.
+ * `201 Created` per entry: a stand-in for a fast FHIR server, so that the server's cost is not measured. It counts
+ * the distinct resources it was sent, checked against the mapped resources after every round of a mode with HTTP.
  * Results: a table on stdout and bench/results/pipeline.json.
  */
 import { fork, spawn, type ChildProcess } from 'node:child_process';
@@ -35,6 +42,7 @@ import { mapRecords } from '../src/mapping/engine.ts';
 import { loadMapping } from '../src/mapping/load.ts';
 import { readSourceRecords } from '../src/mapping/records.ts';
 import { runInProcess } from '../src/queue/in-process.ts';
+import { Redis } from 'ioredis';
 import { QueuePipeline, type QueueConnection } from '../src/queue/pipeline.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
@@ -72,9 +80,18 @@ async function writeScaledExport(dir: string, copies: number): Promise<void> {
   await writeFile(join(dir, 'export.csv'), stringify(out, { header: true, columns: header }));
 }
 
+interface EndpointStats {
+  readonly entries: number;
+  /** Distinct resources written (by conditional URL). */
+  readonly resources: number;
+  /** The endpoint process's CPU time so far. */
+  readonly cpuMs: number;
+}
+
 interface Endpoint {
   readonly baseUrl: string;
-  entries(): Promise<number>;
+  readonly pid: number;
+  stats(): Promise<EndpointStats>;
   reset(): Promise<void>;
   close(): Promise<void>;
 }
@@ -82,14 +99,15 @@ interface Endpoint {
 async function startEndpoint(): Promise<Endpoint> {
   const child: ChildProcess = fork(join(ROOT, 'bench/minimal-fhir-endpoint.ts'), [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   const [ready] = (await once(child, 'message')) as [{ port: number }];
-  const ask = async (command: string): Promise<number> => {
+  const ask = async (command: string): Promise<EndpointStats> => {
     child.send(command);
-    const [reply] = (await once(child, 'message')) as [{ entries: number }];
-    return reply.entries;
+    const [reply] = (await once(child, 'message')) as [EndpointStats];
+    return reply;
   };
   return {
     baseUrl: `http://127.0.0.1:${ready.port}/fhir`,
-    entries: () => ask('entries'),
+    pid: child.pid!,
+    stats: () => ask('entries'),
     reset: async () => void (await ask('reset')),
     close: async () => {
       child.kill('SIGTERM');
@@ -98,8 +116,27 @@ async function startEndpoint(): Promise<Endpoint> {
   };
 }
 
+/** Subjects per transaction (the destination's subjectsPerTransaction); `--batch 1` sends one subject per transaction. */
+const BATCH = flag('--batch', 8);
+
 function destination(baseUrl: string): Destination {
-  return destinationWithDefaults({ name: 'bench', kind: 'hospital', baseUrl, maxEntries: 1000, atomic: true, transactions: true, concurrency: 8 });
+  return destinationWithDefaults({ name: 'bench', kind: 'hospital', baseUrl, maxEntries: 1000, atomic: true, transactions: true, concurrency: 8, subjectsPerTransaction: BATCH });
+}
+
+/** CPU time (user + system) of a process by pid, from /proc (Linux), in ms. */
+async function processCpuMs(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // Fields 14 and 15 of stat (utime, stime) are the 12th and 13th after the command name, in clock ticks.
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = 100;
+
+/** Redis's own CPU time so far (INFO cpu), in ms. */
+async function redisCpuMs(redis: Redis): Promise<number> {
+  const info = await redis.info('cpu');
+  const value = (name: string) => Number(new RegExp(`^${name}:([0-9.]+)`, 'm').exec(info)?.[1] ?? 0);
+  return (value('used_cpu_user') + value('used_cpu_sys')) * 1000;
 }
 
 /** `trialbridge worker` processes on a prefix; resolves once each has logged `ready` (start-up is not timed). */
@@ -143,6 +180,9 @@ const median = (values: number[]): number => {
 async function main(): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'tb-bench-pipeline-'));
   const endpoint = await startEndpoint();
+  const connection = redisFromEnv();
+  const redis = new Redis({ ...connection, maxRetriesPerRequest: 1 });
+  const cleanups: (() => Promise<void>)[] = [];
   try {
     const input = join(dir, SITE);
     await writeScaledExport(input, COPIES);
@@ -151,15 +191,45 @@ async function main(): Promise<void> {
     const { records } = await readSourceRecords(mapping, [input]);
     const recordCount = records.length;
     const check = validationCheck(validator);
-    const expectedEntries = mapRecords(mapping, records, check).subjects.reduce((n, s) => n + subjectBundle(mapping, s, { recorded: RECORDED }).entry!.length, 0);
-    console.log(`pipeline bench: ${COPIES} copies of site A = ${recordCount} records, ${expectedEntries} bundle entries; ${ROUNDS} timed rounds after 1 warm-up`);
-    const connection = redisFromEnv();
+    const bundles = mapRecords(mapping, records, check).subjects.map((s) => subjectBundle(mapping, s, { recorded: RECORDED }));
+    const expectedEntries = bundles.reduce((n, b) => n + b.entry!.length, 0);
+    // What the endpoint must hold after a run: every conditional URL once (subjects share the ResearchStudy).
+    const expectedResources = new Set(bundles.flatMap((b) => b.entry!.map((e) => e.request!.url))).size;
+    console.log(
+      `pipeline bench: ${COPIES} copies of site A = ${recordCount} records, ${bundles.length} subjects, ${expectedEntries} bundle entries (${expectedResources} distinct resources); ` +
+        `up to ${BATCH} subjects per transaction; ${ROUNDS} timed rounds after 1 warm-up`,
+    );
     const config = { mappings: [mapping], destinations: [destination(endpoint.baseUrl)], validator };
     const destinationsFile = join(dir, 'destinations.yaml');
     await writeFile(
       destinationsFile,
-      ['destinations:', '  - name: bench', '    kind: hospital', `    baseUrl: ${endpoint.baseUrl}`, '    sites: "*"', '    maxEntries: 1000', '    atomic: true', '    transactions: true', '    concurrency: 8', '    auth: { type: none }'].join('\n') + '\n',
+      [
+        'destinations:',
+        '  - name: bench',
+        '    kind: hospital',
+        `    baseUrl: ${endpoint.baseUrl}`,
+        '    sites: "*"',
+        '    maxEntries: 1000',
+        `    subjectsPerTransaction: ${BATCH}`,
+        '    atomic: true',
+        '    transactions: true',
+        '    concurrency: 8',
+        '    auth: { type: none }',
+      ].join('\n') + '\n',
     );
+    const expectDelivered = async (mode: string) => {
+      const got = await endpoint.stats();
+      if (got.resources !== expectedResources) throw new Error(`${mode}: the endpoint got ${got.resources} distinct resources, expected ${expectedResources}`);
+    };
+
+    // Worker processes live through every round (as deployed workers do), so that they are warm like the bench
+    // process; each round submits to an emptied queue.
+    const processesPrefix = `tb-bench-${randomUUID()}`;
+    let workers: ChildProcess[] = [];
+    if (WORKER_PROCESSES > 0) {
+      workers = await startWorkers(WORKER_PROCESSES, destinationsFile, processesPrefix);
+      cleanups.push(() => stopWorkers(workers));
+    }
 
     const modes: Record<string, () => Promise<void>> = {
       'in process, no queue, no HTTP': async () => {
@@ -169,21 +239,17 @@ async function main(): Promise<void> {
         if (bytes === 0) throw new Error('nothing mapped');
       },
       'in process, HTTP': async () => {
-        await endpoint.reset();
         const result = await runInProcess({ ...config, exports: [{ site: SITE, inputs: [input] }], recorded: RECORDED });
         if (result.submission.destinations.bench?.deadLettered) throw new Error('dead letters in process');
-        const got = await endpoint.entries();
-        if (got !== expectedEntries) throw new Error(`in process: the endpoint got ${got} entries, expected ${expectedEntries}`);
+        await expectDelivered('in process');
       },
       'BullMQ, HTTP': async () => {
-        await endpoint.reset();
         const pipeline = new QueuePipeline({ ...config, connection, prefix: `tb-bench-${randomUUID()}`, workers: { mappingConcurrency: 2 } });
         try {
           pipeline.startWorkers();
           const submitted = await pipeline.submitExport(SITE, [input], { recorded: RECORDED });
           await pipeline.waitForSubmission(submitted);
-          const got = await endpoint.entries();
-          if (got !== expectedEntries) throw new Error(`BullMQ: the endpoint got ${got} entries, expected ${expectedEntries}`);
+          await expectDelivered('BullMQ');
         } finally {
           await pipeline.closeWorkers();
           await pipeline.obliterate();
@@ -191,19 +257,12 @@ async function main(): Promise<void> {
         }
       },
       [`BullMQ, HTTP, ${WORKER_PROCESSES} worker processes`]: async () => {
-        await endpoint.reset();
-        const prefix = `tb-bench-${randomUUID()}`;
-        const pipeline = new QueuePipeline({ ...config, connection, prefix });
-        const workers = await startWorkers(WORKER_PROCESSES, destinationsFile, prefix);
+        const pipeline = new QueuePipeline({ ...config, connection, prefix: processesPrefix });
         try {
-          const started = performance.now();
           const submitted = await pipeline.submitExport(SITE, [input], { recorded: RECORDED });
           await pipeline.waitForSubmission(submitted);
-          untimed -= performance.now() - started;
-          const got = await endpoint.entries();
-          if (got !== expectedEntries) throw new Error(`BullMQ (processes): the endpoint got ${got} entries, expected ${expectedEntries}`);
+          await expectDelivered('BullMQ (processes)');
         } finally {
-          await stopWorkers(workers);
           await pipeline.obliterate();
           await pipeline.close();
         }
@@ -211,30 +270,54 @@ async function main(): Promise<void> {
     };
     const only = args.indexOf('--only');
     if (only >= 0) {
-      const wanted = args[only + 1].split(',');
+      const wanted = args[only + 1].split('|');
       for (const name of Object.keys(modes)) if (!wanted.some((w) => name.startsWith(w))) delete modes[name];
     }
     if (WORKER_PROCESSES === 0) for (const name of Object.keys(modes)) if (name.includes('worker processes')) delete modes[name];
-    let untimed = 0;
+
+    // CPU of every process taking part: this one, the endpoint, Redis, the worker processes.
+    const cpuNow = async (): Promise<number[]> => {
+      const own = process.cpuUsage();
+      const [fhir, redisMs, ...workerMs] = await Promise.all([endpoint.stats().then((s) => s.cpuMs), redisCpuMs(redis), ...workers.map((w) => processCpuMs(w.pid!))]);
+      return [(own.user + own.system) / 1000, workerMs.reduce((a, b) => a + b, 0), redisMs, fhir];
+    };
     const times: Record<string, number[]> = Object.fromEntries(Object.keys(modes).map((m) => [m, []]));
+    const cpu: Record<string, number[]> = Object.fromEntries(Object.keys(modes).map((m) => [m, []]));
     for (let round = 0; round <= ROUNDS; round++) {
       for (const [name, run] of Object.entries(modes)) {
-        untimed = 0;
+        await endpoint.reset();
+        const cpuBefore = await cpuNow();
         const started = performance.now();
         await run();
-        // A mode that times only part of its run (worker start-up excluded) sets `untimed` to minus that part.
-        const seconds = (untimed < 0 ? -untimed : performance.now() - started) / 1000;
-        if (round > 0) times[name].push(seconds);
-        console.log(`  ${round === 0 ? 'warm-up' : `round ${round}`}  ${name.padEnd(32)} ${seconds.toFixed(2)} s  ${Math.round(recordCount / seconds)} records/s`);
+        const seconds = (performance.now() - started) / 1000;
+        const cpuAfter = await cpuNow();
+        const cpuParts = cpuAfter.map((ms, i) => (ms - cpuBefore[i]) / 1000);
+        const cpuSeconds = cpuParts.reduce((a, b) => a + b, 0);
+        if (round > 0) {
+          times[name].push(seconds);
+          cpu[name].push(cpuSeconds);
+        }
+        console.log(
+          `  ${round === 0 ? 'warm-up' : `round ${round}`}  ${name.padEnd(34)} ${seconds.toFixed(2)} s  ${String(Math.round(recordCount / seconds)).padStart(6)} records/s  CPU ${cpuSeconds.toFixed(2)} s ` +
+            `(this process ${cpuParts[0].toFixed(2)}, workers ${cpuParts[1].toFixed(2)}, Redis ${cpuParts[2].toFixed(2)}, endpoint ${cpuParts[3].toFixed(2)})`,
+        );
       }
     }
-    const rate = Object.fromEntries(Object.entries(times).map(([name, t]) => [name, recordCount / median(t)]));
-    const base = rate['in process, no queue, no HTTP'];
     if (only >= 0) return;
-    console.log('\nmode                              records/s (median)   ratio to no queue, no HTTP');
-    for (const [name, r] of Object.entries(rate)) console.log(`${name.padEnd(34)}${String(Math.round(r)).padStart(9)}   ${(r / base).toFixed(3)}`);
+    const rate = Object.fromEntries(Object.entries(times).map(([name, t]) => [name, recordCount / median(t)]));
+    const cpuPerRecord = Object.fromEntries(Object.entries(cpu).map(([name, c]) => [name, (median(c) * 1e6) / recordCount]));
+    const baseline = 'in process, no queue, no HTTP';
+    const base = rate[baseline];
+    console.log('\nmode                                records/s (median)  ratio   CPU µs/record (all processes)  CPU ratio');
+    for (const [name, r] of Object.entries(rate)) {
+      console.log(
+        `${name.padEnd(36)}${String(Math.round(r)).padStart(9)}   ${(r / base).toFixed(3).padStart(9)}   ${cpuPerRecord[name].toFixed(0).padStart(12)}   ${(cpuPerRecord[baseline] / cpuPerRecord[name]).toFixed(3).padStart(22)}`,
+      );
+    }
     const ratio = rate['BullMQ, HTTP'] / base;
-    console.log(`\nBullMQ + HTTP / in process without queue or HTTP = ${ratio.toFixed(3)} (goal >= 0.5: ${ratio >= 0.5 ? 'met' : 'NOT met'})`);
+    console.log(`\nBullMQ + HTTP (workers in this process) / in process without queue or HTTP = ${ratio.toFixed(3)} (goal >= 0.5: ${ratio >= 0.5 ? 'met' : 'NOT met'})`);
+    const processes = `BullMQ, HTTP, ${WORKER_PROCESSES} worker processes`;
+    if (rate[processes]) console.log(`BullMQ + HTTP (${WORKER_PROCESSES} worker processes) / in process without queue or HTTP = ${(rate[processes] / base).toFixed(3)}`);
     console.log(`BullMQ + HTTP / in process with HTTP = ${(rate['BullMQ, HTTP'] / rate['in process, HTTP']).toFixed(3)}`);
     await mkdir(join(ROOT, 'bench/results'), { recursive: true });
     await writeFile(
@@ -246,9 +329,12 @@ async function main(): Promise<void> {
           copies: COPIES,
           records: recordCount,
           entries: expectedEntries,
+          subjectsPerTransaction: BATCH,
           rounds: ROUNDS,
           secondsPerRound: times,
+          cpuSecondsPerRound: cpu,
           recordsPerSecond: rate,
+          cpuMicrosecondsPerRecord: cpuPerRecord,
           ratio,
         },
         null,
@@ -256,6 +342,8 @@ async function main(): Promise<void> {
       ) + '\n',
     );
   } finally {
+    for (const cleanup of cleanups.reverse()) await cleanup();
+    redis.disconnect();
     await endpoint.close();
     await rm(dir, { recursive: true, force: true });
   }

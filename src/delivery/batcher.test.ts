@@ -7,7 +7,8 @@ import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { combine, TransactionBatcher } from './batcher.ts';
 import { FhirClient } from './client.ts';
-import { serializeBundle, type DeliverOptions } from './deliver.ts';
+import type { DeliverOptions } from './deliver.ts';
+import { parseBundle, serializeBundle } from './serialized-bundle.ts';
 import { startEmbeddedFhirServer, type EmbeddedFhirServer } from './embedded-server.ts';
 
 let bundles: Bundle[];
@@ -39,17 +40,18 @@ describe('combine', () => {
   it('keeps one copy of an entry the bundles share, and leaves out a bundle holding another version of it', () => {
     const study = (b: Bundle) => b.entry!.filter((e) => e.resource?.resourceType === 'ResearchStudy');
     expect(study(bundles[0])).toHaveLength(1);
-    const { combined, conflicting } = combine(bundles);
+    const { combined, conflicting } = combine(bundles.map(serializeBundle));
     expect(conflicting).toEqual([]);
-    expect(study(combined)).toHaveLength(1);
-    expect(combined.entry).toHaveLength(bundles.reduce((n, b) => n + b.entry!.length, 0) - 2);
-    expect(new Set(combined.entry!.map((e) => e.fullUrl)).size).toBe(combined.entry!.length);
+    const parsed = parseBundle(combined);
+    expect(study(parsed)).toHaveLength(1);
+    expect(parsed.entry).toHaveLength(bundles.reduce((n, b) => n + b.entry!.length, 0) - 2);
+    expect(new Set(parsed.entry!.map((e) => e.fullUrl)).size).toBe(parsed.entry!.length);
 
     const otherStudy = structuredClone(bundles[1]);
     (study(otherStudy)[0].resource as ResearchStudy).title = 'another title';
-    const mixed = combine([bundles[0], otherStudy, bundles[2]]);
+    const mixed = combine([bundles[0], otherStudy, bundles[2]].map(serializeBundle));
     expect(mixed.conflicting).toEqual([1]);
-    expect(mixed.combined.entry).toHaveLength(bundles[0].entry!.length + bundles[2].entry!.length - 1);
+    expect(mixed.combined.entries).toHaveLength(bundles[0].entry!.length + bundles[2].entry!.length - 1);
   });
 });
 

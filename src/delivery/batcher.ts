@@ -9,16 +9,19 @@
  *   this attempt, and the queue retries each (every entry is a conditional update: sending again is safe).
  * Entries the bundles share (the ResearchStudy every subject refers to) are sent once.
  */
-import type { Bundle, BundleEntry } from '@medplum/fhirtypes';
-import { deliverBundle, type DeliverOptions, type DeliveryResult, type SerializedBundle } from './deliver.ts';
+import { deliverBundle, type DeliverOptions, type DeliveryResult } from './deliver.ts';
 import type { FhirClient } from './client.ts';
+import type { SerializedBundle, SerializedEntry } from './serialized-bundle.ts';
 
 export interface BatchLimits {
   /** Most subjects per transaction (1: no batching). */
   readonly subjects: number;
   /** Most entries per transaction. */
   readonly entries: number;
-  /** How long the first bundle waits for others (default 2 ms): jobs that run together arrive within it. */
+  /**
+   * How long the first bundle waits for others (default 10 ms, little beside a server's round trip): jobs that
+   * run together arrive within it. A full batch goes at once.
+   */
   readonly lingerMs?: number;
 }
 
@@ -46,13 +49,14 @@ export class TransactionBatcher {
 
   /** Delivers one subject's bundle, alone or with others; resolves or rejects as deliverBundle would for it. */
   deliver(bundle: SerializedBundle): Promise<DeliveryResult> {
-    if (this.#limits.subjects <= 1 || bundle.entries >= this.#limits.entries) return deliverBundle(this.#client, bundle, this.#options());
+    const entries = bundle.entries.length;
+    if (this.#limits.subjects <= 1 || entries >= this.#limits.entries) return deliverBundle(this.#client, bundle, this.#options());
     return new Promise<DeliveryResult>((resolve, reject) => {
-      if (this.#entries + bundle.entries > this.#limits.entries) this.#flush();
+      if (this.#entries + entries > this.#limits.entries) this.#flush();
       this.#pending.push({ bundle, resolve, reject });
-      this.#entries += bundle.entries;
+      this.#entries += entries;
       if (this.#pending.length >= this.#limits.subjects) this.#flush();
-      else this.#timer ??= setTimeout(() => this.#flush(), this.#limits.lingerMs ?? 2);
+      else this.#timer ??= setTimeout(() => this.#flush(), this.#limits.lingerMs ?? 10);
     });
   }
 
@@ -68,7 +72,7 @@ export class TransactionBatcher {
   async #send(pending: Pending[]): Promise<void> {
     let batch = pending;
     const alone = (p: Pending) => deliverBundle(this.#client, p.bundle, this.#options()).then(p.resolve, p.reject);
-    const { combined, conflicting } = combine(batch.map((p) => JSON.parse(p.bundle.json) as Bundle));
+    const { combined, conflicting } = combine(batch.map((p) => p.bundle));
     const solo = conflicting.map((i) => alone(batch[i]));
     batch = batch.filter((_p, i) => !conflicting.includes(i));
     if (batch.length <= 1) {
@@ -86,7 +90,7 @@ export class TransactionBatcher {
     this.stats.batches++;
     this.stats.batchedSubjects += batch.length;
     if (result.outcome === 'delivered') {
-      for (const p of batch) p.resolve({ outcome: 'delivered', attempts: result.attempts, requests: result.requests, entries: { created: 0, updated: p.bundle.entries } });
+      for (const p of batch) p.resolve({ outcome: 'delivered', attempts: result.attempts, requests: result.requests, entries: { created: 0, updated: p.bundle.entries.length } });
       await Promise.all(solo);
       return;
     }
@@ -103,27 +107,21 @@ export class TransactionBatcher {
  * version of such an entry (two sites describing the study differently) is left out: `conflicting` lists
  * their indexes, to be sent on their own.
  */
-export function combine(bundles: readonly Bundle[]): { combined: Bundle; conflicting: number[] } {
-  const seen = new Map<string, BundleEntry>();
-  const entry: BundleEntry[] = [];
+export function combine(bundles: readonly SerializedBundle[]): { combined: SerializedBundle; conflicting: number[] } {
+  const seen = new Map<string, string>();
+  const entries: SerializedEntry[] = [];
   const conflicting: number[] = [];
   bundles.forEach((bundle, i) => {
-    const own = (bundle.entry ?? []).filter((e) => {
-      const earlier = e.fullUrl ? seen.get(e.fullUrl) : undefined;
-      return !earlier;
-    });
-    const clash = (bundle.entry ?? []).some((e) => {
-      const earlier = e.fullUrl ? seen.get(e.fullUrl) : undefined;
-      return earlier !== undefined && JSON.stringify(earlier) !== JSON.stringify(e);
-    });
-    if (clash) {
+    const shared = (e: SerializedEntry) => (e.fullUrl === undefined ? undefined : seen.get(e.fullUrl));
+    if (bundle.entries.some((e) => shared(e) !== undefined && shared(e) !== e.json)) {
       conflicting.push(i);
       return;
     }
-    for (const e of own) {
-      if (e.fullUrl) seen.set(e.fullUrl, e);
-      entry.push(e);
+    for (const e of bundle.entries) {
+      if (shared(e) !== undefined) continue;
+      if (e.fullUrl !== undefined) seen.set(e.fullUrl, e.json);
+      entries.push(e);
     }
   });
-  return { combined: { resourceType: 'Bundle', type: 'transaction', entry }, conflicting };
+  return { combined: { entries }, conflicting };
 }

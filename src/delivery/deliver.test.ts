@@ -6,7 +6,8 @@ import { SAMPLE_SITES } from '../cli/demo.ts';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { FhirClient, FhirHttpError } from './client.ts';
-import { deliverBundle, DeliveryRetryableError, serializeBundle, type DeliverOptions } from './deliver.ts';
+import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from './deliver.ts';
+import { serializeBundle } from './serialized-bundle.ts';
 import { referencesOf } from './split.ts';
 
 const ORIGIN = 'http://fhir.test';
@@ -223,7 +224,7 @@ describe('deliverBundle against faults', () => {
     const client = new FhirClient({ baseUrl: BASE });
     const whole = await deliverBundle(client, serialized, options(recorder().sleep));
     expect(whole).toEqual({ outcome: 'delivered', attempts: 1, requests: 1, entries: { created: bundle.entry!.length, updated: 0 } });
-    expect(bodies).toEqual([serialized.json]);
+    expect(bodies).toEqual([JSON.stringify(bundle)]);
     const split = await deliverBundle(client, serialized, options(recorder().sleep, { maxEntries: 8 }));
     expect(split.requests).toBe(Math.ceil(bundle.entry!.length / 8));
     expect(bodies.slice(1).map((b) => (JSON.parse(b) as Bundle).entry!.length)).toEqual(

@@ -1,6 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Bundle, BundleEntry, CapabilityStatement, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { FhirHttpError, JsonText, outcomeText, type FhirClient, type FhirResponse, type HttpMethod } from './client.ts';
+import { bundleJson, isSerialized, parseBundle, type SerializedBundle } from './serialized-bundle.ts';
 import { parseRetryAfter, retryPolicy, type RetryPolicy, type RetryPolicyOptions } from './retry.ts';
 import { conditionalReference, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
 
@@ -24,23 +25,6 @@ export interface DeliverOptions {
    * conditional references outside a transaction are not R4 (and not every server resolves them inside one).
    */
   readonly literalReferences?: boolean;
-}
-
-/**
- * A transaction bundle as JSON text with its entry count: what a delivery job carries, so that a bundle that
- * fits in one transaction is sent as it is, never parsed and serialised again.
- */
-export interface SerializedBundle {
-  readonly json: string;
-  readonly entries: number;
-}
-
-export function serializeBundle(bundle: Bundle): SerializedBundle {
-  return { json: JSON.stringify(bundle), entries: bundle.entry?.length ?? 0 };
-}
-
-function isSerialized(bundle: Bundle | SerializedBundle): bundle is SerializedBundle {
-  return typeof (bundle as SerializedBundle).json === 'string';
 }
 
 export interface DeliveryRejection {
@@ -185,10 +169,10 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
   const run: Run = { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0 };
   const mode = options.transactions ?? 'detect';
   const transactions = mode === 'detect' ? await supportsTransactions(client, options) : mode;
-  if (isSerialized(given) && transactions && (!options.maxEntries || given.entries <= options.maxEntries)) {
+  if (isSerialized(given) && transactions && (!options.maxEntries || given.entries.length <= options.maxEntries)) {
     return deliverText(client, given, run);
   }
-  const bundle = isSerialized(given) ? (JSON.parse(given.json) as Bundle) : given;
+  const bundle = isSerialized(given) ? parseBundle(given) : given;
   const literal = new Map<string, string>();
   const useLiteral = options.literalReferences !== false;
   const resolve = <T>(value: T): T => (useLiteral && literal.size > 0 ? rewriteReferences(value, (ref) => literal.get(ref)) : value);
@@ -256,11 +240,11 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
 async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Run): Promise<DeliveryResult> {
   let response: FhirResponse<Bundle>;
   try {
-    response = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, () => client.post<Bundle>('', new JsonText(bundle.json)));
+    response = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, () => client.post<Bundle>('', new JsonText(bundleJson(bundle.entries))));
   } catch (error) {
     if (!isRejection(error)) throw error;
     return { outcome: 'rejected', attempts: run.attempts, requests: 1, entries: { created: 0, updated: 0 }, rejection: rejectionOf(error) };
   }
   const created = (response.body?.entry ?? []).filter((answer) => isCreated(answer.response?.status)).length;
-  return { outcome: 'delivered', attempts: run.attempts, requests: 1, entries: { created, updated: bundle.entries - created } };
+  return { outcome: 'delivered', attempts: run.attempts, requests: 1, entries: { created, updated: bundle.entries.length - created } };
 }

@@ -11,7 +11,8 @@ import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../deliv
 import type { FhirClient } from '../delivery/client.ts';
 import { destinationClient } from '../delivery/destination-client.ts';
 import { TransactionBatcher } from '../delivery/batcher.ts';
-import { DeliveryRetryableError, serializeBundle, type DeliverOptions, type DeliveryResult, type SerializedBundle } from '../delivery/deliver.ts';
+import { DeliveryRetryableError, type DeliverOptions, type DeliveryResult } from '../delivery/deliver.ts';
+import { serializeBundle, type SerializedBundle } from '../delivery/serialized-bundle.ts';
 import type { Destination } from '../delivery/destinations.ts';
 import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
 import { filterBundle } from '../delivery/resource-filter.ts';
@@ -191,6 +192,11 @@ export class PipelineContext {
 
   /** Delivers one subject's bundle to a destination, in a transaction shared with others where it allows. */
   deliver(destination: Destination, bundle: SerializedBundle): Promise<DeliveryResult> {
+    return this.batcher(destination).deliver(bundle);
+  }
+
+  /** The destination's batcher in this process (its stats say how many transactions were shared). */
+  batcher(destination: Destination): TransactionBatcher {
     let batcher = this.#batchers.get(destination.name);
     if (!batcher) {
       // Never more subjects than delivery jobs run at once: a batch waits for no job that cannot come.
@@ -198,7 +204,7 @@ export class PipelineContext {
       batcher = new TransactionBatcher(this.client(destination), { subjects, entries: destination.maxEntries }, () => this.deliverOptions(destination));
       this.#batchers.set(destination.name, batcher);
     }
-    return batcher.deliver(bundle);
+    return batcher;
   }
 
   breaker(destination: Destination): CircuitBreaker {

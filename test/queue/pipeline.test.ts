@@ -16,6 +16,8 @@ import { runInProcess } from '../../src/queue/in-process.ts';
 import { deliveryJobId } from '../../src/queue/job-ids.ts';
 import { isRedisReachable, QueuePipeline } from '../../src/queue/pipeline.ts';
 import type { SubmissionCounters } from '../../src/queue/submissions.ts';
+import { FaultProxy } from '../support/fault-proxy.ts';
+import { until } from '../support/worker-process.ts';
 import { runMappingJob, type DeliveryJobData, type MappingJobData, type PipelineStore } from '../../src/queue/stages.ts';
 
 const REDIS = { host: '127.0.0.1', port: 6379 };
@@ -189,6 +191,77 @@ describe('queue pipeline on Redis', () => {
     expect(counters.destinations.hospital).toMatchObject({ deliveryQueued: expectedExport.bundles.length, deliveryDuplicates: 0, delivered: expectedExport.bundles.length });
     expectCountersAddUp(counters, ['hospital']);
     expect(await serverCounts(hospital)).toEqual(expected);
+  });
+
+  it('shares transactions between subjects where the destination allows, and dead-letters only the subjects the server refuses', async () => {
+    /** Site A through a pipeline whose hospital takes up to 4 subjects per transaction, behind a counting proxy. */
+    const run = async (hospital: EmbeddedFhirServer) => {
+      // Transactions are held until every subject is mapped, so that delivery jobs wait behind them as they do
+      // whenever a server is slower than mapping: then jobs run together and share transactions.
+      let pipelineRef: QueuePipeline | undefined;
+      let mapped: Promise<unknown> | undefined;
+      const proxy = await FaultProxy.start(hospital.baseUrl, {
+        onRequest: async ({ method }) => {
+          if (method !== 'POST') return;
+          mapped ??= until(30_000, 'every subject mapped', async () => Object.values(await pipelineRef!.mappingQueue.getJobCounts('waiting', 'active', 'delayed')).every((n) => n === 0), 20);
+          await mapped;
+        },
+      });
+      cleanups.push(() => proxy.close());
+      const file = join(configDir, `${randomUUID()}.yaml`);
+      await writeFile(
+        file,
+        [
+          'destinations:',
+          '  - name: hospital',
+          '    kind: hospital',
+          `    baseUrl: ${proxy.baseUrl}`,
+          `    sites: [${SITE}]`,
+          '    transactions: true',
+          '    maxEntries: 1000',
+          '    subjectsPerTransaction: 4',
+          '    concurrency: 4',
+          '    retry: { attempts: 2, requestAttempts: 1, baseMs: 10, maxMs: 50 }',
+          '    auth: { type: none }',
+        ].join('\n') + '\n',
+      );
+      const pipeline = new QueuePipeline({ connection: REDIS, prefix: `tb-test-${randomUUID()}`, mappings: [mapping], destinations: await loadDestinations(file), validator });
+      pipelineRef = pipeline;
+      cleanups.push(async () => {
+        await pipeline.closeWorkers();
+        await pipeline.obliterate();
+        await pipeline.close();
+      });
+      pipeline.startWorkers();
+      const submitted = await pipeline.submitExport(SITE, INPUTS, { recorded: RECORDED });
+      await pipeline.waitForSubmission(submitted);
+      const counters = await pipeline.submission(submitted.submissionId);
+      const dead = (await pipeline.deadLetters.list(submitted.submissionId)).filter((d) => d.stage === 'deliver');
+      return { counters, dead, posts: proxy.stats.received.POST ?? 0, stats: pipeline.context.batcher(pipeline.context.destination('hospital')).stats };
+    };
+
+    const roomy = await startEmbeddedFhirServer();
+    cleanups.push(() => roomy.close());
+    const shared = await run(roomy);
+    expect(shared.counters.destinations.hospital).toMatchObject({ delivered: expectedExport.bundles.length, deadLettered: 0 });
+    expect(await serverCounts(roomy)).toEqual(expected);
+    expect(shared.stats.batches).toBeGreaterThan(0);
+    expect(shared.posts).toBeLessThan(expectedExport.bundles.length);
+
+    // A server that refuses transactions above 30 entries: the combined ones it refuses are sent again one
+    // subject at a time, and only the subjects too large on their own end dead-lettered, with its message.
+    const limit = 30;
+    const strict = await startEmbeddedFhirServer({ maxTransactionEntries: limit });
+    cleanups.push(() => strict.close());
+    const refused = await run(strict);
+    const tooLarge = expectedExport.bundles.filter((b) => b.bundle.entry!.length > limit).map((b) => b.subject).sort();
+    expect(tooLarge.length).toBeGreaterThan(0);
+    expect(refused.stats.fallbacks).toBeGreaterThan(0);
+    expect(refused.dead.map((d) => d.subject).sort()).toEqual(tooLarge);
+    for (const d of refused.dead) expect(d).toMatchObject({ status: 400, reason: expect.stringMatching(new RegExp(`more than the ${limit} allowed`)) });
+    expect(refused.counters.destinations.hospital).toMatchObject({ delivered: expectedExport.bundles.length - tooLarge.length, deadLettered: tooLarge.length });
+    expectCountersAddUp(refused.counters, ['hospital'], { hospital: tooLarge.length });
+    expect((await serverCounts(strict)).Patient).toBe(expected.Patient - tooLarge.length);
   });
 
   it('dead-letters the bundles a destination rejects with its message, and replay delivers them once the fault is gone', async () => {

@@ -17,6 +17,7 @@
  */
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { FhirClient } from '../../src/delivery/client.ts';
+import { parseBundle } from '../../src/delivery/serialized-bundle.ts';
 import type { CompiledMapping } from '../../src/mapping/compile.ts';
 import { readSourceRecords } from '../../src/mapping/records.ts';
 import type { QueuePipeline } from '../../src/queue/pipeline.ts';
@@ -97,7 +98,7 @@ export async function accountRecords(
   const deliveredBundles = new Map<string, Bundle>();
   const deadLetteredBundles = new Map<string, Bundle>();
   for (const { data, result } of await finishedDeliveries(pipeline, destination, submissionId)) {
-    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, JSON.parse(data.bundle.json) as Bundle);
+    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, parseBundle(data.bundle));
   }
   const deadLetteredSubjects = new Set(deliveryDeadLetters.map((l) => l.subject!));
 
