@@ -144,7 +144,7 @@ async function startWorkers(count: number, destinationsFile: string, prefix: str
   const children: ChildProcess[] = [];
   await Promise.all(
     Array.from({ length: count }, async () => {
-      const child = spawn(process.execPath, [join(ROOT, 'src/cli/main.ts'), 'worker', '-d', destinationsFile, '-m', join(ROOT, 'mappings/site-a.yaml'), '--prefix', prefix, '-c', '2'], {
+      const child = spawn(process.execPath, [...process.execArgv, join(ROOT, 'src/cli/main.ts'), 'worker', '-d', destinationsFile, '-m', join(ROOT, 'mappings/site-a.yaml'), '--prefix', prefix, '-c', '2'], {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
       children.push(child);
