@@ -101,7 +101,7 @@ export class RedisDeadLetters {
               [perDestination(COUNTERS.replayed, payload.data.destination)]: 1,
               [perDestination(COUNTERS.deliveryQueued, payload.data.destination)]: added ? 1 : 0,
             };
-      await this.#submissions.add(submissionId, increments);
+      await this.#submissions.count(submissionId, `${jobId}|replayed`, increments);
       result.replayed.push(...gone.map((e) => e.id));
       if (added) result.jobs.push(jobId);
     }

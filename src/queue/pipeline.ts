@@ -352,7 +352,9 @@ export class QueuePipeline {
     }
     const queued = mappingJobs.filter((j) => j.added).length;
     const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
-    await this.submissions.add(submissionId, {
+    // Counted once under a key of this call: a command ioredis sends again after a reconnection (its answer
+    // lost in a crash) does not count the export twice.
+    await this.submissions.count(submissionId, `submitted|${randomUUID()}`, {
       [COUNTERS.subjects]: read.jobs.length,
       [COUNTERS.queued]: queued,
       [COUNTERS.duplicates]: read.jobs.length - queued,

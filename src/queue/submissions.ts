@@ -87,14 +87,6 @@ export class RedisSubmissions {
   }
 
   /** Adds the increments unconditionally (producer-side events: a submission, a replay). */
-  async add(submissionId: string, increments: Readonly<Record<string, number>>): Promise<void> {
-    const key = this.#names.submissionKey(submissionId);
-    const multi = this.#redis.multi();
-    for (const [field, n] of Object.entries(increments)) if (n !== 0) multi.hincrby(key, field, n);
-    multi.expire(key, this.#ttlSeconds);
-    await multi.exec();
-  }
-
   /** The counters of a submission (all zero when unknown). */
   async get(submissionId: string): Promise<SubmissionCounters> {
     const raw = await this.#redis.hgetall(this.#names.submissionKey(submissionId));
