@@ -10,6 +10,7 @@
 import { readFileSync } from 'node:fs';
 import type { Bundle, BundleEntry, Coding, ConceptMap, Resource } from '@medplum/fhirtypes';
 import type { SourceRecord } from '../src/source/record.ts';
+import { SOURCE_FILE_EXTENSION, TRIALBRIDGE_VERSION } from '../src/bundle/provenance.ts';
 import { conditionalUrl, fullUrlFor } from '../src/mapping/identity.ts';
 
 export const TRIAL_ID = 'LDCCRT-HCC-P2';
@@ -566,9 +567,15 @@ export function bundleOf(subject: string, built: readonly Built[], subjectRecord
     request: { method: 'PUT', url: conditionalUrl(b.type, b.system, b.key) },
   }));
   const system = `${NS}:${SITE}:provenance`;
+  const used = subjectRecords.filter((r) => !rejected.has(r));
+  const digests = new Map(used.filter((r) => r.digest).map((r) => [r.file, r.digest!]));
+  const files = [...digests]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([file, digest]) => ({ url: SOURCE_FILE_EXTENSION, extension: [{ url: 'name', valueString: file }, { url: 'sha256', valueString: digest }] }));
   const provenance = {
     resourceType: 'Provenance',
     meta: { tag: [{ system, code: subject }] },
+    ...(files.length > 0 ? { extension: files } : {}),
     target: built.map((b) => ({ reference: b.fullUrl })),
     recorded,
     policy: [MAPPING_URI],
@@ -576,12 +583,13 @@ export function bundleOf(subject: string, built: readonly Built[], subjectRecord
     agent: [
       {
         type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/provenance-participant-type', code: 'assembler', display: 'Assembler' }] },
-        who: { display: `trialbridge, mapping ${SITE} version ${VERSION}` },
+        who: {
+          identifier: { system: 'https://trialbridge.dev/fhir/software', value: `trialbridge/${TRIALBRIDGE_VERSION}` },
+          display: `trialbridge ${TRIALBRIDGE_VERSION}, mapping ${SITE} version ${VERSION}`,
+        },
       },
     ],
-    entity: subjectRecords
-      .filter((r) => !rejected.has(r))
-      .map((r) => ({
+    entity: used.map((r) => ({
         role: 'source',
         what: { identifier: { system: `${NS}:${SITE}:source`, value: `${r.file}#${r.row}` }, display: `${r.file} row ${r.row} (${r.type} ${r.key})` },
       })),
