@@ -38,7 +38,7 @@ export class TransactionBatcher {
   #pending: Pending[] = [];
   #entries = 0;
   #timer: NodeJS.Timeout | undefined;
-  /** Transactions sent with more than one subject, and the subjects in them (for logs and tests). */
+  /** Transactions shared by several subjects, the subjects in them, and those refused (sent again one by one). */
   readonly stats = { batches: 0, batchedSubjects: 0, fallbacks: 0 };
 
   constructor(client: FhirClient, limits: BatchLimits, options: () => DeliverOptions) {
@@ -90,6 +90,7 @@ export class TransactionBatcher {
     this.stats.batches++;
     this.stats.batchedSubjects += batch.length;
     if (result.outcome === 'delivered') {
+      // The answers of a shared transaction are not told apart per subject: each subject's entries count as updated.
       for (const p of batch) p.resolve({ outcome: 'delivered', attempts: result.attempts, requests: result.requests, entries: { created: 0, updated: p.bundle.entries.length } });
       await Promise.all(solo);
       return;

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Bundle } from '@medplum/fhirtypes';
-import { bundleJson, type SerializedBundle } from '../delivery/serialized-bundle.ts';
+import { bundleJson, isSerialized, type SerializedBundle } from '../delivery/serialized-bundle.ts';
 import type { SourceRecord } from '../source/record.ts';
 import { encodeNamePart } from './names.ts';
 
@@ -58,7 +58,7 @@ export function mappingJobId(site: string, subject: string, mappingVersion: stri
 
 /** Delivery job: per (destination, business key = site + subject, hash of the bundle as sent). */
 export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | SerializedBundle | string): string {
-  const hash = typeof bundle === 'string' ? bundle : 'entries' in bundle && !('resourceType' in bundle) ? textHash(bundleJson(bundle.entries)) : contentHash(bundle);
+  const hash = typeof bundle === 'string' ? bundle : isSerialized(bundle) ? textHash(bundleJson(bundle.entries)) : contentHash(bundle);
   return ['dlv', destination, site, subject, hash].map(encodeNamePart).join('.');
 }
 

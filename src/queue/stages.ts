@@ -37,7 +37,7 @@ export interface MappingJobData {
 
 /**
  * Data of a delivery job: one subject's bundle, as it is sent to that destination (pseudonymised or not), as
- * JSON text: serialised once when mapped, it travels through Redis as one string and is posted as it is.
+ * the JSON text of its entries: serialised once when mapped, posted as it is (delivery/serialized-bundle.ts).
  */
 export interface DeliveryJobData {
   readonly submissionId: string;
