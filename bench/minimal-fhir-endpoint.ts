@@ -8,25 +8,17 @@
  */
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { TRANSACTION_CAPABILITY } from './transaction-capability.ts';
 
 let entries = 0;
 const resources = new Set<string>();
-
-const capability = JSON.stringify({
-  resourceType: 'CapabilityStatement',
-  status: 'active',
-  kind: 'instance',
-  fhirVersion: '4.0.1',
-  format: ['json'],
-  rest: [{ mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }] }],
-});
 
 const server = createServer((req, res) => {
   const chunks: Buffer[] = [];
   req.on('data', (c: Buffer) => chunks.push(c));
   req.on('end', () => {
     if (req.method === 'GET' && req.url?.endsWith('/metadata')) {
-      res.writeHead(200, { 'content-type': 'application/fhir+json' }).end(capability);
+      res.writeHead(200, { 'content-type': 'application/fhir+json' }).end(TRANSACTION_CAPABILITY);
       return;
     }
     if (req.method !== 'POST') {

@@ -57,6 +57,7 @@ import { readSourceRecords } from '../src/mapping/records.ts';
 import { QueuePipeline, type QueueConnection } from '../src/queue/pipeline.ts';
 import { RedisProcess } from '../test/support/redis-process.ts';
 import { writeScaledSiteC } from '../test/support/scaled-export.ts';
+import { TRANSACTION_CAPABILITY } from './transaction-capability.ts';
 
 const ROOT = new URL('..', import.meta.url).pathname;
 const SITE = 'site-c';
@@ -121,14 +122,6 @@ interface EndpointStats {
 
 /** Runs the endpoint (in the child): listens, sends its port, answers 'stats' / 'final' with EndpointStats. */
 async function runEndpoint(): Promise<void> {
-  const capability = JSON.stringify({
-    resourceType: 'CapabilityStatement',
-    status: 'active',
-    kind: 'instance',
-    fhirVersion: '4.0.1',
-    format: ['json'],
-    rest: [{ mode: 'server', interaction: [{ code: 'transaction' }] }],
-  });
   const stats = { bundles: 0, entries: 0, creates: 0, updates: 0 };
   /** Business identifier (`Type|system|value`) → versions written. */
   const resources = new Map<string, number>();
@@ -139,7 +132,7 @@ async function runEndpoint(): Promise<void> {
     req.on('data', (c: Buffer) => chunks.push(c));
     req.on('end', () => {
       if (req.method === 'GET' && req.url?.endsWith('/metadata')) {
-        res.writeHead(200, { 'content-type': 'application/fhir+json' }).end(capability);
+        res.writeHead(200, { 'content-type': 'application/fhir+json' }).end(TRANSACTION_CAPABILITY);
         return;
       }
       let bundle: { resourceType?: string; type?: string; entry?: { request?: { url?: string }; resource?: { resourceType?: string } }[] };
