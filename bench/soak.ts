@@ -55,6 +55,7 @@ import { compileMapping } from '../src/mapping/compile.ts';
 import { loadMapping } from '../src/mapping/load.ts';
 import { readSourceRecords } from '../src/mapping/records.ts';
 import { QueuePipeline, type QueueConnection } from '../src/queue/pipeline.ts';
+import { subjectEnds } from '../test/support/accounting.ts';
 import { RedisProcess } from '../test/support/redis-process.ts';
 import { writeScaledSiteC } from '../test/support/scaled-export.ts';
 import { TRANSACTION_CAPABILITY } from './transaction-capability.ts';
@@ -503,20 +504,13 @@ async function main(): Promise<number> {
       }
       rejected += rows.size;
     }
-    let deliveredRecords = 0;
-    let deadLetteredRecords = 0;
-    let allRejected = 0;
-    const unaccounted: string[] = [];
-    const twice: string[] = [];
-    for (const [subject, n] of subjects) {
-      const kept = n - (rejectedOf.get(subject) ?? 0);
-      const ends = [arrived.has(subject), deadLettered.has(subject), mappingFailed.has(subject), kept === 0].filter(Boolean).length;
-      if (ends === 0) unaccounted.push(subject);
-      if (ends > 1) twice.push(subject);
-      if (arrived.has(subject)) deliveredRecords += kept;
-      else if (deadLettered.has(subject) || mappingFailed.has(subject)) deadLetteredRecords += kept;
-      else if (kept === 0) allRejected++;
-    }
+    const {
+      delivered: deliveredRecords,
+      deadLettered: deadLetteredRecords,
+      allRejected,
+      unaccounted,
+      twice,
+    } = subjectEnds(subjects, rejectedOf, { delivered: arrived, deadLettered, mappingFailed });
     const resent = served.bundles - end.delivered;
     const balanced = submittedRecords === deliveredRecords + rejected + deadLetteredRecords;
     const accountingOk =

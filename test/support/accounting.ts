@@ -102,20 +102,11 @@ export async function accountRecords(
   }
   const deadLetteredSubjects = new Set(deliveryDeadLetters.map((l) => l.subject!));
 
-  let delivered = 0;
-  let deadLettered = 0;
-  let allRejected = 0;
-  const unaccounted: string[] = [];
-  const twice: string[] = [];
-  for (const [subject, n] of recordsOf) {
-    const kept = n - (rejectedOf.get(subject) ?? 0);
-    const ends = [deliveredBundles.has(subject), deadLetteredSubjects.has(subject), mappingFailed.has(subject), kept === 0].filter(Boolean).length;
-    if (ends === 0) unaccounted.push(subject);
-    if (ends > 1) twice.push(subject);
-    if (deliveredBundles.has(subject)) delivered += kept;
-    else if (deadLetteredSubjects.has(subject) || mappingFailed.has(subject)) deadLettered += kept;
-    else if (kept === 0) allRejected++;
-  }
+  const { delivered, deadLettered, allRejected, unaccounted, twice } = subjectEnds(recordsOf, rejectedOf, {
+    delivered: deliveredBundles,
+    deadLettered: deadLetteredSubjects,
+    mappingFailed,
+  });
   return {
     submitted: records.length,
     delivered,
@@ -205,4 +196,43 @@ export function bundleTypes(bundles: Iterable<Bundle>): Set<string> {
   const types = new Set<string>();
   for (const b of bundles) for (const e of b.entry ?? []) types.add(e.resource!.resourceType);
   return types;
+}
+
+/** Where each subject ended, and its records with it (shared by the fault tests and the soak run). */
+export interface SubjectEnds {
+  /** Records of delivered subjects (their rejected records left out). */
+  readonly delivered: number;
+  /** Records of subjects dead-lettered at delivery or whose mapping failed. */
+  readonly deadLettered: number;
+  /** Subjects whose every record was rejected. */
+  readonly allRejected: number;
+  /** Subjects that ended nowhere, and subjects that ended in two places. */
+  readonly unaccounted: string[];
+  readonly twice: string[];
+}
+
+/**
+ * Each subject must end in exactly one place: delivered, dead-lettered, mapping failed, or every record rejected.
+ * `recordsOf`: records per subject; `rejectedOf`: rejected records per subject.
+ */
+export function subjectEnds(
+  recordsOf: ReadonlyMap<string, number>,
+  rejectedOf: ReadonlyMap<string, number>,
+  ends: { readonly delivered: { has(subject: string): boolean }; readonly deadLettered: ReadonlySet<string>; readonly mappingFailed: ReadonlySet<string> },
+): SubjectEnds {
+  let delivered = 0;
+  let deadLettered = 0;
+  let allRejected = 0;
+  const unaccounted: string[] = [];
+  const twice: string[] = [];
+  for (const [subject, n] of recordsOf) {
+    const kept = n - (rejectedOf.get(subject) ?? 0);
+    const count = [ends.delivered.has(subject), ends.deadLettered.has(subject), ends.mappingFailed.has(subject), kept === 0].filter(Boolean).length;
+    if (count === 0) unaccounted.push(subject);
+    if (count > 1) twice.push(subject);
+    if (ends.delivered.has(subject)) delivered += kept;
+    else if (ends.deadLettered.has(subject) || ends.mappingFailed.has(subject)) deadLettered += kept;
+    else if (kept === 0) allRejected++;
+  }
+  return { delivered, deadLettered, allRejected, unaccounted, twice };
 }
