@@ -11,7 +11,7 @@
  */
 import { deliverBundle, type DeliverOptions, type DeliveryResult } from './deliver.ts';
 import type { FhirClient } from './client.ts';
-import type { SerializedBundle, SerializedEntry } from './serialized-bundle.ts';
+import { entryBytes, joinEntries, type SerializedBundle, type SerializedEntry } from './serialized-bundle.ts';
 
 export interface BatchLimits {
   /** Most subjects per transaction (1: no batching). */
@@ -109,20 +109,20 @@ export class TransactionBatcher {
  * their indexes, to be sent on their own.
  */
 export function combine(bundles: readonly SerializedBundle[]): { combined: SerializedBundle; conflicting: number[] } {
-  const seen = new Map<string, string>();
-  const entries: SerializedEntry[] = [];
+  const seen = new Map<string, Buffer>();
+  const parts: { bundle: SerializedBundle; entry: SerializedEntry }[] = [];
   const conflicting: number[] = [];
   bundles.forEach((bundle, i) => {
     const shared = (e: SerializedEntry) => (e.fullUrl === undefined ? undefined : seen.get(e.fullUrl));
-    if (bundle.entries.some((e) => shared(e) !== undefined && shared(e) !== e.json)) {
+    if (bundle.entries.some((e) => !(shared(e)?.equals(entryBytes(bundle, e)) ?? true))) {
       conflicting.push(i);
       return;
     }
-    for (const e of bundle.entries) {
-      if (shared(e) !== undefined) continue;
-      if (e.fullUrl !== undefined) seen.set(e.fullUrl, e.json);
-      entries.push(e);
+    for (const entry of bundle.entries) {
+      if (shared(entry) !== undefined) continue;
+      if (entry.fullUrl !== undefined) seen.set(entry.fullUrl, entryBytes(bundle, entry));
+      parts.push({ bundle, entry });
     }
   });
-  return { combined: { entries }, conflicting };
+  return { combined: joinEntries(parts), conflicting };
 }

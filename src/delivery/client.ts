@@ -51,12 +51,12 @@ export interface RequestOptions {
 const FHIR_JSON = 'application/fhir+json';
 
 /**
- * A request body that is JSON text already (a bundle serialised once by the mapping stage and kept as text in
- * its delivery job): sent as it is, not serialised again.
+ * A request body that is JSON already, as text or UTF-8 bytes (a bundle serialised once by the mapping stage
+ * and kept as bytes for its delivery job): sent as it is, not serialised again.
  */
 export class JsonText {
-  readonly text: string;
-  constructor(text: string) {
+  readonly text: string | Uint8Array;
+  constructor(text: string | Uint8Array) {
     this.text = text;
   }
 }
@@ -181,7 +181,8 @@ export class FhirClient {
     const response = await this.#fetch(url, {
       method,
       headers,
-      body: body === undefined ? undefined : body instanceof JsonText ? body.text : JSON.stringify(body),
+      // A Buffer is typed over ArrayBufferLike; Node's are never over a SharedArrayBuffer.
+      body: body === undefined ? undefined : body instanceof JsonText ? (body.text as string | Uint8Array<ArrayBuffer>) : JSON.stringify(body),
       signal,
     });
     // The body is read under the same timeout: a server that stalls mid-body times out too.

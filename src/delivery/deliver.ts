@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Bundle, BundleEntry, CapabilityStatement, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { FhirHttpError, JsonText, outcomeText, type FhirClient, type FhirResponse, type HttpMethod } from './client.ts';
-import { bundleJson, isSerialized, parseBundle, type SerializedBundle } from './serialized-bundle.ts';
+import { isSerialized, parseBundle, type SerializedBundle } from './serialized-bundle.ts';
 import { parseRetryAfter, retryPolicy, type RetryPolicy, type RetryPolicyOptions } from './retry.ts';
 import { conditionalReference, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
 
@@ -240,7 +240,7 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
 async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Run): Promise<DeliveryResult> {
   let response: FhirResponse<Bundle>;
   try {
-    response = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, () => client.post<Bundle>('', new JsonText(bundleJson(bundle.entries))));
+    response = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, () => client.post<Bundle>('', new JsonText(bundle.bytes)));
   } catch (error) {
     if (!isRejection(error)) throw error;
     return { outcome: 'rejected', attempts: run.attempts, requests: 1, entries: { created: 0, updated: 0 }, rejection: rejectionOf(error) };

@@ -1,34 +1,96 @@
 /**
- * A subject's transaction bundle as the JSON text of its entries: what a delivery job carries. Serialised once
- * when mapped, it travels through Redis as strings, is posted as it is, and several subjects' bundles are joined
- * into one transaction (delivery/batcher.ts) without being parsed again.
+ * A subject's transaction bundle as bytes: what a delivery job delivers. Serialised once when mapped, it is
+ * kept in Redis as it is (queue/bundle-store.ts: no JSON escaping inside a job's data, no parsing by the
+ * worker), posted as it is, and several subjects' bundles are joined into one transaction (delivery/batcher.ts)
+ * by slicing their entries out of the bytes, never parsing them again.
  */
 import type { Bundle } from '@medplum/fhirtypes';
 
+/** Where one entry's JSON is in the bundle's bytes. */
 export interface SerializedEntry {
   /** The entry's fullUrl, to find entries that several bundles share. */
   readonly fullUrl?: string;
-  readonly json: string;
+  readonly start: number;
+  readonly end: number;
 }
 
 export interface SerializedBundle {
+  /** The transaction bundle's JSON text, UTF-8: the same bytes JSON.stringify gives for `{ resourceType, type, entry }`. */
+  readonly bytes: Buffer;
   readonly entries: readonly SerializedEntry[];
 }
 
-/** The entries of a transaction bundle as text (a transaction bundle is its entries: nothing else is kept). */
+const HEAD_TEXT = '{"resourceType":"Bundle","type":"transaction","entry":[';
+const TAIL_TEXT = ']}';
+const HEAD = Buffer.from(HEAD_TEXT);
+const TAIL = Buffer.from(TAIL_TEXT);
+const COMMA = Buffer.from(',');
+
+/** The entries of a transaction bundle as bytes (a transaction bundle is its entries: nothing else is kept). */
 export function serializeBundle(bundle: Bundle): SerializedBundle {
-  return { entries: (bundle.entry ?? []).map((e) => ({ ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), json: JSON.stringify(e) })) };
+  return fromEntryTexts((bundle.entry ?? []).map((e) => ({ ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), json: JSON.stringify(e) })));
+}
+
+/**
+ * A bundle from its entries' JSON texts. Also reads the form delivery jobs and dead letters had before bundles
+ * were kept as bytes (`{ entries: [{ fullUrl, json }] }`), so that jobs queued by an earlier version still go.
+ */
+export function fromEntryTexts(texts: readonly { readonly fullUrl?: string; readonly json: string }[]): SerializedBundle {
+  let at = HEAD.length;
+  const entries = texts.map(({ fullUrl, json }) => {
+    const end = at + Buffer.byteLength(json);
+    const entry: SerializedEntry = { ...(fullUrl !== undefined ? { fullUrl } : {}), start: at, end };
+    at = end + COMMA.length;
+    return entry;
+  });
+  return { bytes: Buffer.from(HEAD_TEXT + texts.map((t) => t.json).join(',') + TAIL_TEXT), entries };
 }
 
 export function isSerialized(bundle: Bundle | SerializedBundle): bundle is SerializedBundle {
   return !('resourceType' in bundle);
 }
 
-/** The transaction's JSON text: the same bytes JSON.stringify gives for `{ resourceType, type, entry }`. */
-export function bundleJson(entries: readonly SerializedEntry[]): string {
-  return `{"resourceType":"Bundle","type":"transaction","entry":[${entries.map((e) => e.json).join(',')}]}`;
+/** One entry's JSON bytes (a view, not a copy). */
+export function entryBytes(bundle: SerializedBundle, entry: SerializedEntry): Buffer {
+  return bundle.bytes.subarray(entry.start, entry.end);
+}
+
+/** One transaction of entries taken from several bundles, in the order given. */
+export function joinEntries(parts: readonly { readonly bundle: SerializedBundle; readonly entry: SerializedEntry }[]): SerializedBundle {
+  const chunks: Buffer[] = [HEAD];
+  const entries: SerializedEntry[] = [];
+  let at = HEAD.length;
+  parts.forEach(({ bundle, entry }, i) => {
+    if (i > 0) {
+      chunks.push(COMMA);
+      at += COMMA.length;
+    }
+    const bytes = entryBytes(bundle, entry);
+    chunks.push(bytes);
+    entries.push({ ...(entry.fullUrl !== undefined ? { fullUrl: entry.fullUrl } : {}), start: at, end: at + bytes.length });
+    at += bytes.length;
+  });
+  chunks.push(TAIL);
+  return { bytes: Buffer.concat(chunks, at + TAIL.length), entries };
 }
 
 export function parseBundle(bundle: SerializedBundle): Bundle {
-  return { resourceType: 'Bundle', type: 'transaction', entry: bundle.entries.map((e) => JSON.parse(e.json) as NonNullable<Bundle['entry']>[number]) };
+  return JSON.parse(bundle.bytes.toString('utf8')) as Bundle;
+}
+
+/** A serialised bundle as JSON-safe data (a dead letter's replay payload): the text beside the entries' places. */
+export interface BundleText {
+  readonly text: string;
+  readonly entries: readonly SerializedEntry[];
+}
+
+export function bundleText(bundle: SerializedBundle): BundleText {
+  return { text: bundle.bytes.toString('utf8'), entries: bundle.entries };
+}
+
+/** A bundle kept as JSON: BundleText, or the entry texts of an earlier version (see fromEntryTexts). */
+export type StoredBundle = BundleText | { readonly entries: readonly { readonly fullUrl?: string; readonly json: string }[] };
+
+export function fromStoredBundle(stored: StoredBundle): SerializedBundle {
+  return 'text' in stored ? { bytes: Buffer.from(stored.text, 'utf8'), entries: stored.entries } : fromEntryTexts(stored.entries);
 }

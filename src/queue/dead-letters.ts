@@ -10,11 +10,25 @@ import { randomUUID } from 'node:crypto';
 import type { Redis } from 'ioredis';
 import { replayJobId } from './job-ids.ts';
 import type { QueueNames } from './names.ts';
-import { COUNTERS, perDestination, type DeadLetter, type ReplayPayload } from './stages.ts';
+import { bundleText, fromStoredBundle, type StoredBundle } from '../delivery/serialized-bundle.ts';
+import { COUNTERS, perDestination, type DeadLetter, type DeliveryJobData, type MappingJobData, type ReplayPayload } from './stages.ts';
 import type { RedisSubmissions } from './submissions.ts';
 
 /** Enqueues a replayed job; resolves whether it was added. */
 export type ReplayEnqueue = (jobId: string, payload: ReplayPayload) => Promise<boolean>;
+
+/** A replay payload as kept in Redis (JSON): a delivery's bundle as text. */
+type StoredPayload =
+  | { readonly kind: 'map'; readonly data: MappingJobData }
+  | { readonly kind: 'deliver'; readonly data: Omit<DeliveryJobData, 'bundle'> & { readonly bundle: StoredBundle } };
+
+function toStored(payload: ReplayPayload): StoredPayload {
+  return payload.kind === 'map' ? payload : { kind: 'deliver', data: { ...payload.data, bundle: bundleText(payload.data.bundle) } };
+}
+
+function fromStored(stored: StoredPayload): ReplayPayload {
+  return stored.kind === 'map' ? stored : { kind: 'deliver', data: { ...stored.data, bundle: fromStoredBundle(stored.data.bundle) } };
+}
 
 export interface ReplayResult {
   readonly replayed: string[];
@@ -48,7 +62,7 @@ export class RedisDeadLetters {
       .multi()
       .hset(this.#entries, entry.id, JSON.stringify(entry))
       .zadd(this.#names.deadLetterIndexKey(entry.submissionId), String(Date.parse(entry.createdAt)), entry.id);
-    if (payload) multi.hset(this.#payloads, entry.id, JSON.stringify(payload));
+    if (payload) multi.hset(this.#payloads, entry.id, JSON.stringify(toStored(payload)));
     await multi.exec();
   }
 
@@ -87,7 +101,7 @@ export class RedisDeadLetters {
         result.skipped.push(entry.id);
         continue;
       }
-      const payload = JSON.parse(raw) as ReplayPayload;
+      const payload = fromStored(JSON.parse(raw) as StoredPayload);
       const jobId = replayJobId(entry.jobId, suffix);
       const added = await enqueue(jobId, payload);
       // A re-mapped subject takes all of its record rejects along.

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { Bundle } from '@medplum/fhirtypes';
-import { bundleJson, isSerialized, type SerializedBundle } from '../delivery/serialized-bundle.ts';
+import { isSerialized, type SerializedBundle } from '../delivery/serialized-bundle.ts';
 import type { SourceRecord } from '../source/record.ts';
 import { encodeNamePart } from './names.ts';
 
@@ -29,8 +29,8 @@ export function contentHash(value: unknown): string {
   return textHash(JSON.stringify(value));
 }
 
-/** Hash of JSON text: equal to contentHash of the value it is the JSON.stringify of. */
-export function textHash(text: string): string {
+/** Hash of JSON text (or its UTF-8 bytes): equal to contentHash of the value it is the JSON.stringify of. */
+export function textHash(text: string | Buffer): string {
   return createHash('sha256').update(text).digest('hex').slice(0, 40);
 }
 
@@ -58,7 +58,7 @@ export function mappingJobId(site: string, subject: string, mappingVersion: stri
 
 /** Delivery job: per (destination, business key = site + subject, hash of the bundle as sent). */
 export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | SerializedBundle | string): string {
-  const hash = typeof bundle === 'string' ? bundle : isSerialized(bundle) ? textHash(bundleJson(bundle.entries)) : contentHash(bundle);
+  const hash = typeof bundle === 'string' ? bundle : isSerialized(bundle) ? textHash(bundle.bytes) : contentHash(bundle);
   return ['dlv', destination, site, subject, hash].map(encodeNamePart).join('.');
 }
 

@@ -19,6 +19,8 @@ export interface QueueNames {
   submissionKey(submissionId: string): string;
   /** Redis set of the (job, event) pairs already counted for a submission: counting is once per job. */
   countedKey(submissionId: string): string;
+  /** Redis string holding the bundle of a delivery job (bytes), from its queueing until it is delivered or dead-lettered. */
+  bundleKey(deliveryJobId: string): string;
   /** Redis hash of dead letters (id → JSON), all submissions. */
   deadLetterKey(): string;
   /** Redis sorted set of dead-letter ids of a submission (score = time). */
@@ -38,6 +40,7 @@ export function queueNames(prefix: string = DEFAULT_PREFIX): QueueNames {
     delivery: (destination) => `tb-deliver-${encodeNamePart(destination)}`,
     submissionKey: (id) => `${prefix}:tb-submission:${encodeNamePart(id)}`,
     countedKey: (id) => `${prefix}:tb-submission:${encodeNamePart(id)}:counted`,
+    bundleKey: (jobId) => `${prefix}:tb-bundle:${jobId}`,
     deadLetterKey: () => `${prefix}:tb-dead-letters`,
     deadLetterIndexKey: (id) => `${prefix}:tb-dead-letters:${encodeNamePart(id)}`,
   };

@@ -40,15 +40,20 @@
  * queues and connections; `closeOnSignals()` wires it to SIGINT/SIGTERM.
  */
 import { randomUUID } from 'node:crypto';
-import { Job, Queue, QueueEvents, RateLimitError, UnrecoverableError, Worker, type JobsOptions } from 'bullmq';
+import { Job, Queue, QueueEvents, RateLimitError, UnrecoverableError, Worker } from 'bullmq';
 import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { Redis } from 'ioredis';
 import type { Destination } from '../delivery/destinations.ts';
+import { fromStoredBundle, type SerializedEntry, type StoredBundle } from '../delivery/serialized-bundle.ts';
+import { RedisBundles } from './bundle-store.ts';
 import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
 import { queueNames, DEFAULT_PREFIX, type QueueNames } from './names.ts';
 import {
   COUNTERS,
   deliveryBackoff,
+  deliveryBundleLost,
+  deliveryDeadLetterId,
+  deliveryDoneKey,
   deliveryJobFailed,
   mappingJobFailed,
   PipelineContext,
@@ -65,6 +70,12 @@ import {
   type ReplayPayload,
 } from './stages.ts';
 import { RedisSubmissions, type SubmissionCounters } from './submissions.ts';
+
+/**
+ * A delivery job's data in BullMQ: its bundle's bytes are kept beside it (RedisBundles), the job says where the
+ * entries are in them. `bundle` is the inline form of jobs queued by an earlier version.
+ */
+type QueuedDelivery = Omit<DeliveryJobData, 'bundle'> & { readonly entries?: readonly SerializedEntry[]; readonly bundle?: StoredBundle };
 
 /** Redis connection options (a subset that both ioredis and BullMQ take). */
 export interface QueueConnection {
@@ -200,6 +211,7 @@ export class QueuePipeline {
   readonly context: PipelineContext;
   readonly submissions: RedisSubmissions;
   readonly deadLetters: RedisDeadLetters;
+  readonly bundles: RedisBundles;
   readonly redis: Redis;
   readonly #options: QueuePipelineOptions;
   readonly #mappingQueue: Queue;
@@ -220,6 +232,7 @@ export class QueuePipeline {
     this.#watchConnection();
     this.submissions = new RedisSubmissions(this.redis, this.names);
     this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions);
+    this.bundles = new RedisBundles(this.redis, this.names);
     const submissions = this.submissions;
     const deadLetters = this.deadLetters;
     this.#store = {
@@ -299,34 +312,69 @@ export class QueuePipeline {
     return q;
   }
 
-  /** Adds a job unless one with that id exists; resolves whether it was added. */
-  async #addIfNew(queue: Queue, name: string, jobId: string, data: MappingJobData | DeliveryJobData, opts: JobsOptions = {}): Promise<boolean> {
+  /** Adds a job unless one with that id exists (`before`: what must be in Redis before it); resolves whether it was added. */
+  async #addIfNew(queue: Queue, name: string, jobId: string, data: MappingJobData | QueuedDelivery, before?: () => Promise<void>): Promise<boolean> {
     // A job exists while its hash does (pending, or finished and retained): one EXISTS, not a state script.
     if ((await this.redis.exists(queue.toKey(jobId))) === 1) return false;
+    await before?.();
     // BullMQ itself ignores an add with an existing id, so a race between two producers queues it once.
-    await queue.add(name, data, { ...opts, jobId });
+    await queue.add(name, data, { jobId });
     return true;
   }
 
+  /** Adds a delivery job unless one with that id exists: its bundle first, then the job that says where the entries are. */
+  #addDelivery(jobId: string, data: DeliveryJobData): Promise<boolean> {
+    const { bundle, ...rest } = data;
+    const queued: QueuedDelivery = { ...rest, entries: bundle.entries };
+    return this.#addIfNew(this.deliveryQueue(data.destination), DELIVER_JOB, jobId, queued, () => this.bundles.store(jobId, bundle));
+  }
+
   /**
-   * Adds a delivery job unless one with that id exists. One that this very mapping job added in an earlier run
-   * (its worker died between adding it and counting) counts as added now: otherwise the run again would count
-   * it a duplicate, and the submission would end with more deliveries finished than queued.
+   * Adds a delivery job unless one with that id exists (what a mapping job does for each destination). One that
+   * this very mapping job added in an earlier run (its worker died between adding it and counting) counts as
+   * added now: otherwise the run again would count it a duplicate, and the submission would end with more
+   * deliveries finished than queued.
    */
-  #enqueueDelivery = async (jobId: string, data: DeliveryJobData): Promise<boolean> => {
-    const queue = this.deliveryQueue(data.destination);
-    if (await this.#addIfNew(queue, DELIVER_JOB, jobId, data)) return true;
+  readonly enqueueDelivery = async (jobId: string, data: DeliveryJobData): Promise<boolean> => {
+    if (await this.#addDelivery(jobId, data)) return true;
     if (data.origin === undefined) return false;
-    const existing = await this.redis.hget(queue.toKey(jobId), 'data');
+    const existing = await this.redis.hget(this.deliveryQueue(data.destination).toKey(jobId), 'data');
     if (existing === null) return false;
-    const { submissionId, origin } = JSON.parse(existing) as Partial<DeliveryJobData>;
+    const { submissionId, origin } = JSON.parse(existing) as Partial<QueuedDelivery>;
     return submissionId === data.submissionId && origin === data.origin;
   };
 
   #enqueueReplay = (jobId: string, payload: ReplayPayload): Promise<boolean> =>
-    payload.kind === 'map'
-      ? this.#addIfNew(this.#mappingQueue, MAP_JOB, jobId, payload.data)
-      : this.#addIfNew(this.deliveryQueue(payload.data.destination), DELIVER_JOB, jobId, payload.data);
+    payload.kind === 'map' ? this.#addIfNew(this.#mappingQueue, MAP_JOB, jobId, payload.data) : this.#addDelivery(jobId, payload.data);
+
+  /** A delivery job's data with its bundle; undefined when the bundle is gone (see #bundleGone). */
+  async #deliveryData(job: Job<QueuedDelivery>): Promise<DeliveryJobData | undefined> {
+    const { entries, bundle: inline, ...rest } = job.data;
+    if (inline) return { ...rest, bundle: fromStoredBundle(inline) };
+    const bytes = await this.bundles.load(job.id!);
+    return bytes === null ? undefined : { ...rest, bundle: { bytes, entries: entries ?? [] } };
+  }
+
+  /**
+   * A delivery job without its bundle. Either it ended before (delivered or dead-lettered, the bundle removed)
+   * and its worker died before BullMQ recorded that: the end was counted, so it is answered again; or the
+   * bundle expired while the job waited: dead-lettered, saying so.
+   */
+  async #bundleGone(job: Job<QueuedDelivery>): Promise<DeliveryJobResult> {
+    const { entries: _entries, bundle: _inline, ...data } = job.data;
+    if (await this.submissions.counted(data.submissionId, deliveryDoneKey(job.id!))) {
+      return { outcome: (await this.deadLetters.show(deliveryDeadLetterId(job.id!))) ? 'dead-lettered' : 'delivered' };
+    }
+    const days = Math.round(this.bundles.ttlSeconds / 86_400);
+    return deliveryBundleLost(this.#store, job.id!, data, `the bundle was not delivered within ${days} days and is no longer kept: submit the export again`);
+  }
+
+  /** A delivery job's end (delivered or dead-lettered): its bundle is no longer needed (a dead letter keeps its own copy). */
+  async #ended(jobId: string, ending: Promise<DeliveryJobResult>): Promise<DeliveryJobResult> {
+    const result = await ending;
+    await this.bundles.release(jobId);
+    return result;
+  }
 
   /** Reads an export of a site and adds one mapping job per subject. */
   async submitExport(site: string, inputs: readonly string[], options: SubmitOptions = {}): Promise<SubmitResult> {
@@ -384,7 +432,7 @@ export class QueuePipeline {
           throw new UnrecoverableError(reason);
         }
         try {
-          return await runMappingJob(this.context, this.#store, job.id!, job.data, this.#enqueueDelivery);
+          return await runMappingJob(this.context, this.#store, job.id!, job.data, this.enqueueDelivery);
         } catch (error) {
           // The last attempt: dead-letter the subject (replayable), and leave the job failed in BullMQ.
           if (job.attemptsMade + 1 >= (job.opts.attempts ?? 1)) await mappingJobFailed(this.#store, job.id!, job.data, error);
@@ -403,14 +451,16 @@ export class QueuePipeline {
     return [...this.#workers];
   }
 
-  #deliveryWorker(d: Destination, common: WorkerCommon, maxStalled: number): Worker<DeliveryJobData, DeliveryJobResult> {
+  #deliveryWorker(d: Destination, common: WorkerCommon, maxStalled: number): Worker<QueuedDelivery, DeliveryJobResult> {
     const queue = this.deliveryQueue(d.name);
-    return new Worker<DeliveryJobData, DeliveryJobResult>(
+    return new Worker<QueuedDelivery, DeliveryJobResult>(
       this.names.delivery(d.name),
       async (job) => {
-        if (stalledTooOften(job, maxStalled)) return deliveryJobFailed(this.#store, job.id!, job.data, stalledReason(job));
+        const data = await this.#deliveryData(job);
+        if (!data) return this.#bundleGone(job);
+        if (stalledTooOften(job, maxStalled)) return this.#ended(job.id!, deliveryJobFailed(this.#store, job.id!, data, stalledReason(job)));
         try {
-          return await runDeliveryJob(this.context, this.#store, job.id!, job.data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1));
+          return await this.#ended(job.id!, runDeliveryJob(this.context, this.#store, job.id!, data, job.attemptsMade + 1 >= (job.opts.attempts ?? 1)));
         } catch (error) {
           if (!(error instanceof CircuitOpenError)) throw error;
           // The circuit of this destination is open: pause its queue for every worker (the pause lives in

@@ -37,7 +37,8 @@ export interface MappingJobData {
 
 /**
  * Data of a delivery job: one subject's bundle, as it is sent to that destination (pseudonymised or not), as
- * the JSON text of its entries: serialised once when mapped, posted as it is (delivery/serialized-bundle.ts).
+ * bytes: serialised once when mapped, posted as it is (delivery/serialized-bundle.ts). On BullMQ the bytes are
+ * kept beside the job, not in its data (queue/bundle-store.ts).
  */
 export interface DeliveryJobData {
   readonly submissionId: string;
@@ -395,6 +396,29 @@ export async function deliveryJobFailed(
   status?: number,
   outcome?: OperationOutcome,
 ): Promise<DeliveryJobResult> {
+  await deliveryDeadLetter(store, jobId, data, reason, true, { kind: 'deliver', data }, status, outcome);
+  return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
+}
+
+/**
+ * A delivery job whose bundle is gone before it was delivered (it waited longer than bundles are kept):
+ * dead-lettered, not replayable (nothing is left to replay: submit the export again), and counted once.
+ */
+export async function deliveryBundleLost(store: PipelineStore, jobId: string, data: Omit<DeliveryJobData, 'bundle'>, reason: string): Promise<DeliveryJobResult> {
+  await deliveryDeadLetter(store, jobId, data, reason, false);
+  return { outcome: 'dead-lettered', message: reason };
+}
+
+async function deliveryDeadLetter(
+  store: PipelineStore,
+  jobId: string,
+  data: Omit<DeliveryJobData, 'bundle'>,
+  reason: string,
+  replayable: boolean,
+  payload?: ReplayPayload,
+  status?: number,
+  outcome?: OperationOutcome,
+): Promise<void> {
   await store.deadLetter(
     {
       id: deadLetterId(jobId),
@@ -406,14 +430,23 @@ export async function deliveryJobFailed(
       reason,
       ...(status !== undefined ? { status } : {}),
       ...(outcome ? { outcome } : {}),
-      replayable: true,
+      replayable,
       jobId,
       createdAt: new Date().toISOString(),
     },
-    { kind: 'deliver', data },
+    payload,
   );
-  await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
-  return { outcome: 'dead-lettered', ...(status !== undefined ? { status } : {}), message: reason };
+  await store.count(data.submissionId, deliveryDoneKey(jobId), { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
+}
+
+/** The key under which a delivery job's end (delivered or dead-lettered) is counted, once. */
+export function deliveryDoneKey(jobId: string): string {
+  return `${jobId}|done`;
+}
+
+/** The id of a delivery job's dead letter. */
+export function deliveryDeadLetterId(jobId: string): string {
+  return deadLetterId(jobId);
 }
 
 export interface DeliveryJobResult {
@@ -449,7 +482,7 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
     const rejection = result.rejection!;
     return deadLetter(rejection.message, rejection.status, rejection.outcome);
   }
-  await store.count(data.submissionId, `${jobId}|done`, { [perDestination(COUNTERS.delivered, data.destination)]: 1 });
+  await store.count(data.submissionId, deliveryDoneKey(jobId), { [perDestination(COUNTERS.delivered, data.destination)]: 1 });
   return { outcome: 'delivered' };
 }
 

@@ -86,7 +86,11 @@ export class RedisSubmissions {
     await redis[COUNT_ONCE_COMMAND](this.#names.countedKey(submissionId), this.#names.submissionKey(submissionId), onceKey, String(this.#ttlSeconds), ...pairs);
   }
 
-  /** Adds the increments unconditionally (producer-side events: a submission, a replay). */
+  /** Whether an event was counted already (a job that ran to that point before, then died). */
+  async counted(submissionId: string, onceKey: string): Promise<boolean> {
+    return (await this.#redis.sismember(this.#names.countedKey(submissionId), onceKey)) === 1;
+  }
+
   /** The counters of a submission (all zero when unknown). */
   async get(submissionId: string): Promise<SubmissionCounters> {
     const raw = await this.#redis.hgetall(this.#names.submissionKey(submissionId));

@@ -107,7 +107,7 @@ async function rig(destination: readonly string[], workerArgs: readonly string[]
 
 /** The checks every run ends with; returns the accounting for the annotation. */
 async function expectExactAccounting(r: Rig, submitted: SubmitResult, inputs: string[], expected: MappedExport): Promise<{ a: RecordAccounting; resources: number }> {
-  const a = await accountRecords(r.producer, { submissionId: submitted.submissionId, mapping, inputs }, DESTINATION);
+  const a = await accountRecords(r.producer, { submissionId: submitted.submissionId, mapping, inputs, bundles: expected.bundles }, DESTINATION);
   expect(a.unaccounted, 'subjects that ended nowhere').toEqual([]);
   expect(a.twice, 'subjects that ended twice').toEqual([]);
   expect(a.submitted, 'records submitted = delivered + rejected + dead-lettered').toBe(a.delivered + a.rejected + a.deadLettered);

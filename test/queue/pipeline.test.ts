@@ -18,7 +18,8 @@ import { isRedisReachable, QueuePipeline } from '../../src/queue/pipeline.ts';
 import type { SubmissionCounters } from '../../src/queue/submissions.ts';
 import { FaultProxy } from '../support/fault-proxy.ts';
 import { until } from '../support/worker-process.ts';
-import { runMappingJob, type DeliveryJobData, type MappingJobData, type PipelineStore } from '../../src/queue/stages.ts';
+import { deliveryDoneKey, runMappingJob, type DeliveryJobData, type DeliveryJobResult, type MappingJobData, type PipelineStore } from '../../src/queue/stages.ts';
+import { serializeBundle } from '../../src/delivery/serialized-bundle.ts';
 
 const REDIS = { host: '127.0.0.1', port: 6379 };
 const RECORDED = '2019-01-01T00:00:00Z';
@@ -157,6 +158,12 @@ describe('queue pipeline on Redis', () => {
     // Dead letters carry locations and reasons, never the offending value.
     expect(deadLetters.every((d) => d.site === SITE && d.reason && !('value' in (d.location as object)))).toBe(true);
 
+    // Bundles are kept only until their delivery ends; finished delivery jobs keep no resource.
+    expect(await pipeline.redis.keys(`${pipeline.names.prefix}:tb-bundle:*`)).toEqual([]);
+    const finished = await pipeline.deliveryQueue('hospital').getCompleted(0, -1);
+    expect(finished).toHaveLength(expectedExport.bundles.length);
+    for (const job of finished) expect(JSON.stringify(job.data)).not.toContain('resourceType');
+
     const duplicate = await pipeline.submission(again.submissionId);
     expect(duplicate).toMatchObject({ subjects: first.subjects, queued: 0, duplicates: first.subjects, mapped: 0 });
 
@@ -183,7 +190,7 @@ describe('queue pipeline on Redis', () => {
       return true;
     });
     expect(added).toHaveLength(1);
-    await pipeline.deliveryQueue('hospital').add('deliver', added[0].data, { jobId: added[0].jobId });
+    expect(await pipeline.enqueueDelivery(added[0].jobId, added[0].data)).toBe(true);
 
     pipeline.startWorkers();
     await pipeline.waitForSubmission(submitted);
@@ -191,6 +198,42 @@ describe('queue pipeline on Redis', () => {
     expect(counters.destinations.hospital).toMatchObject({ deliveryQueued: expectedExport.bundles.length, deliveryDuplicates: 0, delivered: expectedExport.bundles.length });
     expectCountersAddUp(counters, ['hospital']);
     expect(await serverCounts(hospital)).toEqual(expected);
+  });
+
+  it('answers a delivery job whose bundle is gone: ended before (counted) without sending it, expired as a dead letter; runs jobs of the inline form', async () => {
+    const { hospital, pipeline } = await setUp({ sponsor: false });
+    const submissionId = randomUUID();
+    const jobs = expectedExport.bundles.slice(0, 4).map(({ subject, bundle }) => {
+      const data: DeliveryJobData = { submissionId, destination: 'hospital', site: SITE, subject, bundle: serializeBundle(bundle) };
+      return { jobId: deliveryJobId('hospital', SITE, subject, data.bundle), data };
+    });
+    const [kept, endedBefore, expired, inline] = jobs;
+    for (const job of [kept, endedBefore, expired]) expect(await pipeline.enqueueDelivery(job.jobId, job.data)).toBe(true);
+    expect((await pipeline.bundles.load(kept.jobId))?.equals(kept.data.bundle.bytes)).toBe(true);
+    // endedBefore: delivered and counted, its bundle removed, then its worker died before BullMQ recorded the end.
+    await pipeline.submissions.count(submissionId, deliveryDoneKey(endedBefore.jobId), { 'delivered:hospital': 1 });
+    await pipeline.bundles.release(endedBefore.jobId);
+    // expired: the bundle went while the job waited.
+    await pipeline.bundles.release(expired.jobId);
+    // inline: queued by an earlier version, the bundle's entry texts in the job's data.
+    const { bundle: _bytes, ...meta } = inline.data;
+    const texts = expectedExport.bundles[3].bundle.entry!.map((e) => ({ fullUrl: e.fullUrl, json: JSON.stringify(e) }));
+    await pipeline.deliveryQueue('hospital').add('deliver', { ...meta, bundle: { entries: texts } }, { jobId: inline.jobId });
+
+    pipeline.startWorkers();
+    await pipeline.waitForJobs(jobs.map(({ jobId }) => ({ destination: 'hospital', jobId })));
+    const results = await Promise.all(jobs.map(async ({ jobId }) => (await pipeline.deliveryQueue('hospital').getJob(jobId))!.returnvalue as DeliveryJobResult));
+    expect(results.map((r) => r.outcome)).toEqual(['delivered', 'delivered', 'dead-lettered', 'delivered']);
+    // Only `kept` and `inline` were sent.
+    const patients = (await new FhirClient({ baseUrl: hospital.baseUrl }).get<Bundle>('Patient')).body!.entry ?? [];
+    const sentSubjects = patients.flatMap((e) => (e.resource as { identifier?: { value?: string }[] }).identifier ?? []).map((i) => i.value);
+    expect(sentSubjects.filter((v) => jobs.some((j) => j.data.subject === v)).sort()).toEqual([kept.data.subject, inline.data.subject].sort());
+    const dead = await pipeline.deadLetters.list(submissionId);
+    expect(dead).toHaveLength(1);
+    expect(dead[0]).toMatchObject({ subject: expired.data.subject, stage: 'deliver', replayable: false });
+    expect(dead[0].reason).toMatch(/no longer kept: submit the export again/);
+    expect((await pipeline.submission(submissionId)).destinations.hospital).toMatchObject({ delivered: 3, deadLettered: 1 });
+    expect(await pipeline.redis.keys(`${pipeline.names.prefix}:tb-bundle:*`)).toEqual([]);
   });
 
   it('shares transactions between subjects where the destination allows, and dead-letters only the subjects the server refuses', async () => {

@@ -17,11 +17,13 @@
  */
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { FhirClient } from '../../src/delivery/client.ts';
-import { parseBundle } from '../../src/delivery/serialized-bundle.ts';
 import type { CompiledMapping } from '../../src/mapping/compile.ts';
 import { readSourceRecords } from '../../src/mapping/records.ts';
 import type { QueuePipeline } from '../../src/queue/pipeline.ts';
 import type { DeadLetter, DeliveryJobData, DeliveryJobResult } from '../../src/queue/stages.ts';
+
+/** What the accounting reads of a finished delivery job (its bundle's bytes are removed once it finished). */
+type FinishedDelivery = Pick<DeliveryJobData, 'submissionId' | 'subject'>;
 import type { SubmissionCounters } from '../../src/queue/submissions.ts';
 
 export const TRIAL_NAMESPACE = 'urn:trialbridge:ldccrt-hcc-p2';
@@ -45,20 +47,20 @@ export interface RecordAccounting {
   /** Delivery dead letters of the submission (for the test to check their reasons). */
   readonly deliveryDeadLetters: DeadLetter[];
   readonly counters: SubmissionCounters;
-  /** Bundles as sent, by subject: delivered ones and dead-lettered ones. */
+  /** The subjects' bundles (as the destination was sent them), by subject: delivered ones and dead-lettered ones. */
   readonly deliveredBundles: Map<string, Bundle>;
   readonly deadLetteredBundles: Map<string, Bundle>;
 }
 
 /** Finished delivery jobs of a submission (completed: delivered or dead-lettered), read from BullMQ. */
-async function finishedDeliveries(pipeline: QueuePipeline, destination: string, submissionId: string): Promise<{ data: DeliveryJobData; result: DeliveryJobResult }[]> {
+async function finishedDeliveries(pipeline: QueuePipeline, destination: string, submissionId: string): Promise<{ data: FinishedDelivery; result: DeliveryJobResult }[]> {
   const queue = pipeline.deliveryQueue(destination);
-  const out: { data: DeliveryJobData; result: DeliveryJobResult }[] = [];
+  const out: { data: FinishedDelivery; result: DeliveryJobResult }[] = [];
   const total = await queue.getCompletedCount();
   const page = 200;
   for (let start = 0; start < total; start += page) {
     for (const job of await queue.getCompleted(start, start + page - 1)) {
-      const data = job.data as DeliveryJobData;
+      const data = job.data as FinishedDelivery;
       if (data.submissionId === submissionId) out.push({ data, result: job.returnvalue as DeliveryJobResult });
     }
   }
@@ -67,10 +69,20 @@ async function finishedDeliveries(pipeline: QueuePipeline, destination: string, 
 
 export async function accountRecords(
   pipeline: QueuePipeline,
-  submission: { readonly submissionId: string; readonly mapping: CompiledMapping; readonly inputs: readonly string[] },
+  submission: {
+    readonly submissionId: string;
+    readonly mapping: CompiledMapping;
+    readonly inputs: readonly string[];
+    /**
+     * The export's bundles as mapped (mapExport with the submission's `recorded`): what the destination is sent
+     * when it does not pseudonymise. Delivered bundles are not kept in Redis, so they are mapped again here.
+     */
+    readonly bundles: readonly { readonly subject: string; readonly bundle: Bundle }[];
+  },
   destination: string,
 ): Promise<RecordAccounting> {
   const { submissionId, mapping, inputs } = submission;
+  const mapped = new Map(submission.bundles.map((b) => [b.subject, b.bundle]));
   const { records } = await readSourceRecords(mapping, inputs);
   const recordsOf = new Map<string, number>();
   const subjectOfRow = new Map<string, string>();
@@ -98,7 +110,9 @@ export async function accountRecords(
   const deliveredBundles = new Map<string, Bundle>();
   const deadLetteredBundles = new Map<string, Bundle>();
   for (const { data, result } of await finishedDeliveries(pipeline, destination, submissionId)) {
-    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, parseBundle(data.bundle));
+    const bundle = mapped.get(data.subject);
+    if (!bundle) throw new Error(`a delivery job of subject ${data.subject} finished, but mapping the export gives no bundle for it`);
+    (result.outcome === 'delivered' ? deliveredBundles : deadLetteredBundles).set(data.subject, bundle);
   }
   const deadLetteredSubjects = new Set(deliveryDeadLetters.map((l) => l.subject!));
 
