@@ -1,4 +1,5 @@
 import type { OperationOutcome } from '@medplum/fhirtypes';
+import { defaultHttpTransport, fetchTransport, type HttpTransport } from './http-transport.ts';
 import { classifyStatus } from './retry.ts';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
@@ -32,7 +33,9 @@ export interface FhirClientOptions {
   readonly onUnauthorized?: (rejected?: Record<string, string>) => Promise<void> | void;
   /** Extra headers on every request. */
   readonly headers?: Record<string, string>;
-  /** The fetch to use (default the global one). */
+  /** How requests are sent (default node:http / node:https with keep-alive, see http-transport.ts). */
+  readonly transport?: HttpTransport;
+  /** A fetch to send requests with instead (tests' fake servers; undici's fetch with a dispatcher). */
   readonly fetch?: typeof fetch;
 }
 
@@ -112,7 +115,7 @@ export class FhirClient {
   readonly baseUrl: string;
   readonly timeoutMs: number;
   readonly #options: FhirClientOptions;
-  readonly #fetch: typeof fetch;
+  readonly #transport: HttpTransport;
   readonly #auth: AuthHook | undefined;
   readonly #onUnauthorized: ((rejected?: Record<string, string>) => Promise<void> | void) | undefined;
 
@@ -124,7 +127,7 @@ export class FhirClient {
     this.baseUrl = options.baseUrl.replace(/\/+$/, '');
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.#options = options;
-    this.#fetch = options.fetch ?? globalThis.fetch;
+    this.#transport = options.transport ?? (options.fetch ? fetchTransport(options.fetch) : defaultHttpTransport);
   }
 
   /** The absolute URL of a path relative to the base ('' is the base itself, for transactions). */
@@ -178,11 +181,10 @@ export class FhirClient {
     const authHeaders = this.#auth ? await this.#auth({ method, url }) : {};
     Object.assign(headers, authHeaders);
     Object.assign(headers, options.headers);
-    const response = await this.#fetch(url, {
+    const response = await this.#transport(url, {
       method,
       headers,
-      // A Buffer is typed over ArrayBufferLike; Node's are never over a SharedArrayBuffer.
-      body: body === undefined ? undefined : body instanceof JsonText ? (body.text as string | Uint8Array<ArrayBuffer>) : JSON.stringify(body),
+      body: body === undefined ? undefined : body instanceof JsonText ? body.text : JSON.stringify(body),
       signal,
     });
     // The body is read under the same timeout: a server that stalls mid-body times out too.

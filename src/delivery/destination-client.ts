@@ -1,7 +1,8 @@
 import { createAuth } from './auth/index.ts';
 import { FhirClient } from './client.ts';
 import type { Destination } from './destinations.ts';
-import { fetchTrusting } from './tls.ts';
+import { httpTransport } from './http-transport.ts';
+import { fetchTrusting, trustedCas } from './tls.ts';
 
 /** The FHIR client of a destination: its base URL, timeout, auth, and its own CA bundle when it has one. */
 export function destinationClient(destination: Destination, options: { readonly timeoutMs?: number } = {}): FhirClient {
@@ -11,6 +12,6 @@ export function destinationClient(destination: Destination, options: { readonly 
     baseUrl: destination.baseUrl,
     timeoutMs: options.timeoutMs ?? destination.timeoutMs,
     auth: createAuth(destination.auth, fetch ? { fetch } : {}),
-    ...(fetch ? { fetch } : {}),
+    ...(destination.tls ? { transport: httpTransport({ ca: trustedCas(destination.tls.ca) }) } : {}),
   });
 }
