@@ -6,7 +6,7 @@
  *
  * Data: site A's export replicated `copies` times with new subject ids (`A001-R0001`, ...) and row ids, written to
  * a temp dir (default 40 copies: 720 subjects, ~16,000 records).
- * Modes, interleaved per round, medians of `rounds` (default 3) after one warm-up round:
+ * Modes, interleaved per round, medians of `rounds` (default 5) after one warm-up round:
  *   in process, no queue, no HTTP   read + map + validate + one transaction bundle per subject + JSON text of each
  *   in process, HTTP                the pipeline stages without a queue (runInProcess), delivering to the endpoint
  *   BullMQ, HTTP                    QueuePipeline: submitExport → mapping jobs → delivery jobs → the endpoint;
@@ -53,7 +53,7 @@ const flag = (name: string, fallback: number): number => {
 };
 const QUICK = args.includes('--quick');
 const COPIES = flag('--copies', QUICK ? 10 : 40);
-const ROUNDS = flag('--rounds', QUICK ? 1 : 3);
+const ROUNDS = flag('--rounds', QUICK ? 1 : 5);
 /** Worker processes of the multi-process BullMQ mode. */
 const WORKER_PROCESSES = flag('--workers', 2);
 const RECORDED = '2025-01-01T00:00:00Z';
