@@ -1,5 +1,5 @@
 /**
- * `node bench/pipeline.bench.ts [--copies N] [--rounds N] [--quick] [--workers N] [--batch N] [--only A|B]`:
+ * `node bench/pipeline.bench.ts [--copies N] [--rounds N] [--quick] [--workers N] [--batch N] [--mapping-concurrency N] [--only A|B]`:
  * end-to-end records/s of the service, from submission to acknowledged delivery, through BullMQ (real Redis at
  * REDIS_URL or 127.0.0.1:6379) to a minimal FHIR endpoint that accepts transactions, beside the same work done
  * in process without a queue, in one run.
@@ -58,6 +58,8 @@ const COPIES = flag('--copies', QUICK ? 10 : 40);
 const ROUNDS = flag('--rounds', QUICK ? 1 : 5);
 /** Worker processes of the multi-process BullMQ mode. */
 const WORKER_PROCESSES = flag('--workers', 2);
+/** Mapping jobs a worker runs at once (`trialbridge worker -c`). */
+const MAPPING_CONCURRENCY = flag('--mapping-concurrency', 2);
 const RECORDED = '2025-01-01T00:00:00Z';
 const SITE = 'site-a';
 
@@ -146,7 +148,7 @@ async function startWorkers(count: number, destinationsFile: string, prefix: str
   const children: ChildProcess[] = [];
   await Promise.all(
     Array.from({ length: count }, async () => {
-      const child = spawn(process.execPath, [...process.execArgv, join(ROOT, 'src/cli/main.ts'), 'worker', '-d', destinationsFile, '-m', join(ROOT, 'mappings/site-a.yaml'), '--prefix', prefix, '-c', '2'], {
+      const child = spawn(process.execPath, [...process.execArgv, join(ROOT, 'src/cli/main.ts'), 'worker', '-d', destinationsFile, '-m', join(ROOT, 'mappings/site-a.yaml'), '--prefix', prefix, '-c', String(MAPPING_CONCURRENCY)], {
         stdio: ['ignore', 'pipe', 'inherit'],
       });
       children.push(child);
@@ -246,7 +248,7 @@ async function main(): Promise<void> {
         await expectDelivered('in process');
       },
       'BullMQ, HTTP': async () => {
-        const pipeline = new QueuePipeline({ ...config, connection, prefix: `tb-bench-${randomUUID()}`, workers: { mappingConcurrency: 2 } });
+        const pipeline = new QueuePipeline({ ...config, connection, prefix: `tb-bench-${randomUUID()}`, workers: { mappingConcurrency: MAPPING_CONCURRENCY } });
         try {
           pipeline.startWorkers();
           const submitted = await pipeline.submitExport(SITE, [input], { recorded: RECORDED });
