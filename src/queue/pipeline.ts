@@ -347,6 +347,15 @@ export class QueuePipeline {
   #enqueueReplay = (jobId: string, payload: ReplayPayload): Promise<boolean> =>
     payload.kind === 'map' ? this.#addIfNew(this.#mappingQueue, MAP_JOB, jobId, payload.data) : this.#addDelivery(jobId, payload.data);
 
+  async #forgetRecords(job: Job<MappingJobData>): Promise<void> {
+    try {
+      await job.updateData({ ...job.data, records: [] });
+    } catch (error) {
+      // Gone already (its retention ended) or Redis away: the records then go with the job.
+      if (!/Missing key/.test(error instanceof Error ? error.message : '')) this.#connectionError(error);
+    }
+  }
+
   /** A delivery job's data with its bundle; undefined when the bundle is gone (see #bundleGone). */
   async #deliveryData(job: Job<QueuedDelivery>): Promise<DeliveryJobData | undefined> {
     const { entries, bundle: inline, ...rest } = job.data;
@@ -441,6 +450,9 @@ export class QueuePipeline {
       },
       { ...common, concurrency: w.mappingConcurrency ?? 1 },
     );
+    // A mapped subject's records are not needed once its job has completed (a replay takes its dead letter's
+    // copy): the job is kept for its retention only to deduplicate re-submissions, without the patient data.
+    mappingWorker.on('completed', (job) => void this.#forgetRecords(job));
     this.#workers.push(mappingWorker);
     for (const d of this.#options.destinations) this.#workers.push(this.#deliveryWorker(d, common, maxStalled));
     for (const worker of this.#workers) {

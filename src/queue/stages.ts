@@ -32,6 +32,7 @@ export interface MappingJobData {
   readonly subject: string;
   /** Provenance.recorded of the bundle. */
   readonly recorded: string;
+  /** Emptied once the job has completed (QueuePipeline): a retained job keeps no patient data. */
   readonly records: SourceRecord[];
 }
 

@@ -163,6 +163,10 @@ describe('queue pipeline on Redis', () => {
     const finished = await pipeline.deliveryQueue('hospital').getCompleted(0, -1);
     expect(finished).toHaveLength(expectedExport.bundles.length);
     for (const job of finished) expect(JSON.stringify(job.data)).not.toContain('resourceType');
+    // Nor do completed mapping jobs keep the records (emptied just after completion).
+    await expect
+      .poll(async () => (await pipeline.mappingQueue.getCompleted(0, -1)).map((job) => (job.data as MappingJobData).records.length))
+      .toEqual(Array(first.subjects).fill(0));
 
     const duplicate = await pipeline.submission(again.submissionId);
     expect(duplicate).toMatchObject({ subjects: first.subjects, queued: 0, duplicates: first.subjects, mapped: 0 });
