@@ -34,7 +34,7 @@
  * over the first third (the lowest samples are printed too, and every sample is in the results file). RSS
  * climbs between major garbage collections and drops after them, by 100 MB and more in a worker: the verdict
  * means something after several minutes (the default 10), not after one or two. Redis grows by design:
- * completed jobs (with their records; a bundle is deleted once delivered) are kept 24 h to deduplicate
+ * completed jobs (without their records or bundles) are kept 24 h to deduplicate
  * re-submissions (README: "Faults and soak").
  *
  * Results: stdout and bench/results/soak.json.
