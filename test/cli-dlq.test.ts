@@ -4,7 +4,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -67,7 +67,14 @@ describe('trialbridge dlq', () => {
     const show = await cli('dlq', 'show', handle, '--prefix', prefix);
     expect(show.stdout).toMatch(new RegExp(`^id +${handle}$`, 'm'));
     expect(show.stdout).toMatch(/^status +400$/m);
-    expect(show.stdout).toMatch(/^reason +.*3/m);
+    // The server's message may quote the data: the terminal shows a code, the rejects file the message.
+    expect(show.stdout).toMatch(/^code +delivery_rejected$/m);
+    expect(show.stdout).toMatch(/^reason +the destination rejected the bundle \(HTTP 400\)/m);
+    const rejectsFile = join(await mkdtemp(join(tmpdir(), 'tb-dlq-rejects-')), 'rejects.jsonl');
+    await cli('dlq', 'rejects', '--submission', submitted.submissionId, '--out', rejectsFile, '--prefix', prefix);
+    const rejects = (await readFile(rejectsFile, 'utf8')).trim().split('\n').map((l) => JSON.parse(l) as { handle: string; fullReason: string });
+    expect(rejects).toHaveLength(lines.length);
+    expect(rejects.find((r) => r.handle === handle)!.fullReason).toMatch(/3/);
     await expect(cli('dlq', 'show', 'dl-000000000000', '--prefix', prefix)).rejects.toMatchObject({ code: 1, stderr: expect.stringContaining("no dead letter 'dl-000000000000'") });
 
     // The fix: the hospital's server now takes the bundles. Workers on it, then replay every dead letter.

@@ -1,20 +1,26 @@
 /**
- * `trialbridge dlq list [--submission ID] | show ID | replay ID | replay --all [--submission ID]`: the
- * pipeline's dead letters (src/queue/dead-letters.ts) on the terminal.
+ * `trialbridge dlq list [--submission ID] | show ID | replay ID | replay --all [--submission ID] |
+ * purge (--older-than DAYS | --submission ID | --all) | rejects --submission ID --out FILE`: the pipeline's dead
+ * letters (src/queue/dead-letters.ts) on the terminal.
  *
- * Output carries ids, stages, sites, destinations, file/row/field locations, statuses and reasons, never a
- * field value or a subject id (the record key and subject of a dead letter identify a patient; they stay in
- * Redis, and in the rejects file for the engineer). A dead letter's id is made of its job id, which holds the
- * subject, so dead letters are shown by a handle (`dl-` + 12 hex of the id's SHA-256); show and replay take
- * the handle or the full id.
+ * Output carries ids, stages, sites, destinations, file/row/field locations, statuses, reason codes and reasons
+ * without values (publicDeadLetter), never a field value or a subject id (the record key and subject of a dead
+ * letter identify a patient; they stay in Redis, expiring, and in the rejects file that `dlq rejects` writes for
+ * the engineer). A dead letter's id is made of its job id, so dead letters are shown by a handle (`dl-` + 12
+ * hex of the id's SHA-256); show and replay take the handle or the full id. Every string from outside (file
+ * names, reasons, server text) goes through terminalSafe. `purge` leaves an audit line (JSON) on stderr or in
+ * `--audit-log FILE`.
  */
 import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { Redis } from 'ioredis';
-import { RedisDeadLetters } from '../queue/dead-letters.ts';
+import { createLogger } from '../log.ts';
+import { publicDeadLetter, RedisDeadLetters } from '../queue/dead-letters.ts';
 import { DEFAULT_PREFIX, queueNames } from '../queue/names.ts';
 import type { DeadLetter } from '../queue/stages.ts';
 import { RedisSubmissions } from '../queue/submissions.ts';
+import { terminalSafe } from './terminal.ts';
 import { pipelineFromCli, redisConnection } from './worker.ts';
 
 interface Common {
@@ -27,28 +33,30 @@ export function deadLetterHandle(id: string): string {
 }
 
 /** The dead letter id of a handle or id, if there is one. */
-async function resolveId(redis: Redis, prefix: string, handleOrId: string): Promise<string | undefined> {
-  const key = queueNames(prefix).deadLetterKey();
-  if (!/^dl-[0-9a-f]{12}$/.test(handleOrId)) return (await redis.hexists(key, handleOrId)) ? handleOrId : undefined;
-  let cursor = '0';
-  do {
-    const [next, fields] = await redis.hscan(key, cursor, 'COUNT', '500');
-    for (let i = 0; i < fields.length; i += 2) if (deadLetterHandle(fields[i]) === handleOrId) return fields[i];
-    cursor = next;
-  } while (cursor !== '0');
-  return undefined;
+async function resolveId(dl: RedisDeadLetters, handleOrId: string): Promise<string | undefined> {
+  if (!/^dl-[0-9a-f]{12}$/.test(handleOrId)) return (await dl.show(handleOrId))?.id;
+  return (await dl.all()).find((d) => deadLetterHandle(d.id) === handleOrId)?.id;
+}
+
+/** Where a dead letter is: file, row and field of a record, or its destination. */
+function whereOf(d: DeadLetter): string {
+  if (d.location) return `${d.location.file}#${d.location.row} field ${d.location.field}`;
+  return d.destination ? `destination ${d.destination}` : '';
 }
 
 /** One line per dead letter: no subject, no record key, no value. */
 export function formatDeadLetter(d: DeadLetter): string {
-  const where = d.location ? `${d.location.file}#${d.location.row} field ${d.location.field}` : d.destination ? `destination ${d.destination}` : '';
-  return [deadLetterHandle(d.id), d.createdAt, d.stage, `site ${d.site}`, where, d.status !== undefined ? `status ${d.status}` : '', d.replayable ? 'replayable' : 'not replayable', d.reason]
-    .filter((s) => s !== '')
-    .join('  ');
+  const shown = publicDeadLetter(d);
+  return terminalSafe(
+    [deadLetterHandle(d.id), d.createdAt, d.stage, `site ${d.site}`, whereOf(d), d.status !== undefined ? `status ${d.status}` : '', d.replayable ? 'replayable' : 'not replayable', shown.code, shown.reason]
+      .filter((s) => s !== '')
+      .join('  '),
+  );
 }
 
-/** A dead letter in detail: the fields above plus the OperationOutcome's issues (severity, code, location). */
+/** A dead letter in detail: the fields above plus the OperationOutcome's issues (severity and code). */
 export function formatDeadLetterDetail(d: DeadLetter): string {
+  const shown = publicDeadLetter(d);
   const lines = [
     `id          ${deadLetterHandle(d.id)}`,
     `submission  ${d.submissionId}`,
@@ -59,20 +67,18 @@ export function formatDeadLetterDetail(d: DeadLetter): string {
     ...(d.status !== undefined ? [`status      ${d.status}`] : []),
     `replayable  ${d.replayable ? 'yes' : 'no'}`,
     `created     ${d.createdAt}`,
-    `reason      ${d.reason}`,
+    `code        ${shown.code}`,
+    `reason      ${shown.reason}`,
+    ...(shown.issues ?? []).map((i) => `issue       ${i.severity} ${i.code}`),
   ];
-  for (const issue of d.outcome?.issue ?? []) {
-    const at = [...(issue.expression ?? []), ...(issue.location ?? [])].join(', ');
-    lines.push(`issue       ${issue.severity} ${issue.code}${at ? ` at ${at}` : ''}`);
-  }
-  return lines.join('\n');
+  return lines.map(terminalSafe).join('\n');
 }
 
-async function withDeadLetters<T>(prefix: string, fn: (dl: RedisDeadLetters, redis: Redis) => Promise<T>): Promise<T> {
+async function withDeadLetters<T>(prefix: string, fn: (dl: RedisDeadLetters) => Promise<T>): Promise<T> {
   const names = queueNames(prefix);
   const redis = new Redis({ ...redisConnection(), maxRetriesPerRequest: 1 });
   try {
-    return await fn(new RedisDeadLetters(redis, names, new RedisSubmissions(redis, names)), redis);
+    return await fn(new RedisDeadLetters(redis, names, new RedisSubmissions(redis, names)));
   } finally {
     await redis.quit();
   }
@@ -87,14 +93,13 @@ export function registerDlq(program: Command): void {
     .option('-s, --submission <id>', 'only this submission')
     .option('--prefix <prefix>', 'Redis key prefix of the queues', DEFAULT_PREFIX)
     .action(async (options: Common & { submission?: string }) => {
-      const entries = await withDeadLetters(options.prefix, async (dl, redis) => {
+      const entries = await withDeadLetters(options.prefix, async (dl) => {
         if (options.submission) return dl.list(options.submission);
-        const all = (await redis.hvals(queueNames(options.prefix).deadLetterKey())).map((v) => JSON.parse(v) as DeadLetter);
-        return all.sort((a, b) => a.submissionId.localeCompare(b.submissionId) || a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
+        return (await dl.all()).sort((a, b) => a.submissionId.localeCompare(b.submissionId) || a.createdAt.localeCompare(b.createdAt) || a.id.localeCompare(b.id));
       });
       let submission: string | undefined;
       for (const d of entries) {
-        if (!options.submission && d.submissionId !== submission) console.log(`submission ${(submission = d.submissionId)}`);
+        if (!options.submission && d.submissionId !== submission) console.log(`submission ${terminalSafe((submission = d.submissionId))}`);
         console.log(`${options.submission ? '' : '  '}${formatDeadLetter(d)}`);
       }
       console.error(`${entries.length} dead letter${entries.length === 1 ? '' : 's'}`);
@@ -106,12 +111,12 @@ export function registerDlq(program: Command): void {
     .argument('<id>', 'dead letter handle (dl-...) or id')
     .option('--prefix <prefix>', 'Redis key prefix of the queues', DEFAULT_PREFIX)
     .action(async (id: string, options: Common) => {
-      const entry = await withDeadLetters(options.prefix, async (dl, redis) => {
-        const full = await resolveId(redis, options.prefix, id);
+      const entry = await withDeadLetters(options.prefix, async (dl) => {
+        const full = await resolveId(dl, id);
         return full === undefined ? undefined : dl.show(full);
       });
       if (!entry) {
-        console.error(`no dead letter '${id}'`);
+        console.error(`no dead letter '${terminalSafe(id)}'`);
         process.exitCode = 1;
         return;
       }
@@ -139,9 +144,9 @@ export function registerDlq(program: Command): void {
       }
       const { pipeline } = await pipelineFromCli(options, false);
       try {
-        const full = id === undefined ? undefined : await resolveId(pipeline.redis, options.prefix, id);
+        const full = id === undefined ? undefined : await resolveId(pipeline.deadLetters, id);
         if (id !== undefined && full === undefined) {
-          console.error(`no dead letter '${id}'`);
+          console.error(`no dead letter '${terminalSafe(id)}'`);
           process.exitCode = 1;
           return;
         }
@@ -149,8 +154,7 @@ export function registerDlq(program: Command): void {
         if (id !== undefined) submissions = [];
         else if (options.submission) submissions = [options.submission];
         else {
-          const all = await pipeline.redis.hvals(pipeline.names.deadLetterKey());
-          submissions = [...new Set(all.map((v) => (JSON.parse(v) as DeadLetter).submissionId))].sort();
+          submissions = [...new Set((await pipeline.deadLetters.all()).map((d) => d.submissionId))].sort();
         }
         const results = full !== undefined ? [await pipeline.replay(full)] : await sequential(submissions, (s) => pipeline.replayAll(s));
         const replayed = results.reduce((n, r) => n + r.replayed.length, 0);
@@ -162,6 +166,62 @@ export function registerDlq(program: Command): void {
         await pipeline.close();
       }
     });
+  dlq
+    .command('purge')
+    .description('remove dead letters and their payloads: those older than --older-than days, of one --submission, or --all')
+    .option('--older-than <days>', 'created more than this many days ago', nonNegativeNumber('--older-than'))
+    .option('-s, --submission <id>', 'of this submission')
+    .option('--all', 'every dead letter')
+    .option('--audit-log <file>', 'append the audit line (JSON) to this file instead of stderr')
+    .option('--prefix <prefix>', 'Redis key prefix of the queues', DEFAULT_PREFIX)
+    .action(async (options: Common & { olderThan?: number; submission?: string; all?: boolean; auditLog?: string }) => {
+      const narrowed = options.olderThan !== undefined || options.submission !== undefined;
+      if (narrowed === Boolean(options.all)) {
+        console.error('give --older-than DAYS and/or --submission ID, or --all');
+        process.exitCode = 1;
+        return;
+      }
+      const before = options.olderThan !== undefined ? new Date(Date.now() - options.olderThan * 86_400_000) : undefined;
+      const purged = await withDeadLetters(options.prefix, (dl) => dl.purge({ ...(options.submission ? { submissionId: options.submission } : {}), ...(before ? { before } : {}) }));
+      const audit = createLogger({ name: 'audit', ...(options.auditLog ? { destination: options.auditLog } : {}) });
+      audit.info(
+        {
+          event: 'dead-letters.purged',
+          prefix: options.prefix,
+          ...(options.submission ? { submission: options.submission } : {}),
+          ...(before ? { createdBefore: before.toISOString() } : {}),
+          ...(options.all ? { all: true } : {}),
+          purged,
+          user: process.env.USER ?? process.env.LOGNAME,
+        },
+        'dead letters purged',
+      );
+      audit.flush();
+      console.log(`purged ${purged} dead letter${purged === 1 ? '' : 's'}`);
+    });
+
+  dlq
+    .command('rejects')
+    .description("write a submission's dead letters in full (reasons and server messages as they were, record keys) to a file for the engineer")
+    .requiredOption('-s, --submission <id>', 'the submission')
+    .requiredOption('-o, --out <file>', 'the rejects file (JSON lines, created with mode 600; an existing file is not overwritten)')
+    .option('--prefix <prefix>', 'Redis key prefix of the queues', DEFAULT_PREFIX)
+    .action(async (options: Common & { submission: string; out: string }) => {
+      const entries = await withDeadLetters(options.prefix, (dl) => dl.list(options.submission));
+      await writeFile(options.out, entries.map((d) => JSON.stringify({ handle: deadLetterHandle(d.id), ...d, ...publicDeadLetter(d), fullReason: d.reason })).join('\n') + (entries.length ? '\n' : ''), {
+        flag: 'wx',
+        mode: 0o600,
+      });
+      console.log(`${entries.length} dead letter${entries.length === 1 ? '' : 's'} written to ${terminalSafe(options.out)}`);
+    });
+}
+
+function nonNegativeNumber(name: string): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new Error(`${name} must be a number of days, 0 or more (got '${value}')`);
+    return n;
+  };
 }
 
 async function sequential<T, R>(items: readonly T[], fn: (item: T) => Promise<R>): Promise<R[]> {

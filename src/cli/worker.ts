@@ -53,6 +53,15 @@ export interface PipelineCliOptions {
   readonly destinations: string;
   readonly prefix: string;
   readonly mapping?: string[];
+  /** How long dead letters (and their replay payloads) are kept, in days (default 30). */
+  readonly deadLetterDays?: number;
+}
+
+/** `--dead-letter-days`: a whole number of days, at least 1. */
+export const DEAD_LETTER_DAYS_OPTION = ['--dead-letter-days <days>', 'keep dead letters and their replay payloads this many days (default 30)'] as const;
+
+export function parseDays(value: string): number {
+  return positiveInt('--dead-letter-days')(value);
 }
 
 /** Loads destinations (and mappings, when `withMappings`) and builds a QueuePipeline (no workers started). */
@@ -66,7 +75,8 @@ export async function pipelineFromCli(
   if (withMappings) for (const file of options.mapping ?? DEFAULT_MAPPINGS) mappings.push(await compileMapping(await loadMapping(file)));
   // The validator is needed to map; replay alone needs it only for destinations that require profiles.
   const validator = withMappings || destinations.some((d) => d.profiles.length > 0) ? await defaultValidator() : null;
-  const pipeline = new QueuePipeline({ connection: redisConnection(), prefix: options.prefix, mappings, destinations, validator, ...extra });
+  const retention = options.deadLetterDays !== undefined ? { retention: { ...extra.retention, deadLetterSeconds: options.deadLetterDays * 86_400 } } : {};
+  const pipeline = new QueuePipeline({ connection: redisConnection(), prefix: options.prefix, mappings, destinations, validator, ...extra, ...retention });
   return { pipeline, destinations, mappings };
 }
 
@@ -88,6 +98,7 @@ export function registerWorker(program: Command): void {
     .option('--stalled-interval <ms>', 'how often jobs of a dead worker are looked for (default 30000)', positiveInt('--stalled-interval'))
     .option('--lock-duration <ms>', 'lock of an active job, renewed while it runs (default 30000)', positiveInt('--lock-duration'))
     .option('--max-stalled-count <n>', 'times a job whose worker died is put back before it is dead-lettered (default 1)', positiveInt('--max-stalled-count'))
+    .option(...DEAD_LETTER_DAYS_OPTION, parseDays)
     .action(async (options: WorkerOptions) => {
       await runWorker(options);
     });

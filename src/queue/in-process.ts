@@ -58,8 +58,8 @@ class MemoryStore implements PipelineStore {
     for (const [field, n] of Object.entries(increments)) if (n !== 0) this.fields[field] = (this.fields[field] ?? 0) + n;
   }
 
-  async deadLetter(entry: DeadLetter): Promise<void> {
-    this.deadLetters.set(entry.id, entry);
+  async deadLetter(entries: DeadLetter | readonly DeadLetter[]): Promise<void> {
+    for (const entry of Array.isArray(entries) ? entries : [entries as DeadLetter]) this.deadLetters.set(entry.id, entry);
   }
 }
 

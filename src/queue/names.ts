@@ -8,6 +8,12 @@
 
 export const DEFAULT_PREFIX = '{tb}';
 
+/**
+ * How long the pipeline's keys that hold submission data live by default (counters, bundles waiting for their
+ * delivery, dead letters and their replay payloads, an API submission's site): 30 days after the last write.
+ */
+export const RETENTION_SECONDS = 30 * 24 * 3600;
+
 export interface QueueNames {
   /** BullMQ key prefix, also the prefix of the pipeline's own keys. */
   readonly prefix: string;
@@ -21,8 +27,12 @@ export interface QueueNames {
   countedKey(submissionId: string): string;
   /** Redis string holding the bundle of a delivery job (bytes), from its queueing until it is delivered or dead-lettered. */
   bundleKey(deliveryJobId: string): string;
-  /** Redis hash of dead letters (id → JSON), all submissions. */
+  /** Redis hash of dead letters (id → JSON) as earlier versions kept them, all submissions (read, purged; no longer written). */
   deadLetterKey(): string;
+  /** Redis string holding one dead letter (JSON), expiring with the retention. */
+  deadLetterEntryKey(deadLetterId: string): string;
+  /** Redis string holding the replay payload of a job's dead letters (one per job, shared by its record rejects). */
+  deadLetterPayloadKey(jobId: string): string;
   /** Redis sorted set of dead-letter ids of a submission (score = time). */
   deadLetterIndexKey(submissionId: string): string;
 }
@@ -42,6 +52,8 @@ export function queueNames(prefix: string = DEFAULT_PREFIX): QueueNames {
     countedKey: (id) => `${prefix}:tb-submission:${encodeNamePart(id)}:counted`,
     bundleKey: (jobId) => `${prefix}:tb-bundle:${jobId}`,
     deadLetterKey: () => `${prefix}:tb-dead-letters`,
+    deadLetterEntryKey: (id) => `${prefix}:tb-dead-letter:${id}`,
+    deadLetterPayloadKey: (jobId) => `${prefix}:tb-dead-letter-payload:${jobId}`,
     deadLetterIndexKey: (id) => `${prefix}:tb-dead-letters:${encodeNamePart(id)}`,
   };
 }

@@ -140,8 +140,11 @@ export interface QueuePipelineOptions extends PipelineConfig {
   readonly onRedisEvent?: (event: RedisConnectionEvent) => void;
   /** Key prefix (default `{tb}`: a hash tag, so on Redis Cluster every key of the pipeline is in one slot). */
   readonly prefix?: string;
-  /** How long finished jobs are kept (and so deduplicate re-submissions). */
-  readonly retention?: { readonly completedSeconds?: number; readonly failedSeconds?: number };
+  /**
+   * How long finished jobs are kept (and so deduplicate re-submissions), and dead letters with their replay
+   * payloads (default RETENTION_SECONDS, 30 days after they were written).
+   */
+  readonly retention?: { readonly completedSeconds?: number; readonly failedSeconds?: number; readonly deadLetterSeconds?: number };
   /** Attempts of a mapping job (default 3: only a crash or a bug fails one). */
   readonly mappingAttempts?: number;
   /** Worker settings. */
@@ -231,13 +234,13 @@ export class QueuePipeline {
     this.redis = new Redis({ ...this.#connection });
     this.#watchConnection();
     this.submissions = new RedisSubmissions(this.redis, this.names);
-    this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions);
+    this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions, options.retention?.deadLetterSeconds);
     this.bundles = new RedisBundles(this.redis, this.names);
     const submissions = this.submissions;
     const deadLetters = this.deadLetters;
     this.#store = {
       count: (id, onceKey, increments) => submissions.count(id, onceKey, increments),
-      deadLetter: (entry, payload) => deadLetters.deadLetter(entry, payload),
+      deadLetter: (entries, payload) => deadLetters.deadLetter(entries, payload),
     };
     const retention = {
       removeOnComplete: { age: options.retention?.completedSeconds ?? 24 * 3600 },

@@ -87,8 +87,11 @@ export interface PipelineStore {
    * (BullMQ retry, stalled job recovery) does not count twice.
    */
   count(submissionId: string, onceKey: string, increments: Readonly<Record<string, number>>): Promise<void>;
-  /** Stores a dead letter (same id again: replaced), with what a replay would enqueue. */
-  deadLetter(entry: DeadLetter, payload?: ReplayPayload): Promise<void>;
+  /**
+   * Stores dead letters of one job (same id again: replaced), with what a replay of that job would enqueue:
+   * one payload for all of them, however many records of the subject were rejected.
+   */
+  deadLetter(entries: DeadLetter | readonly DeadLetter[], payload?: ReplayPayload): Promise<void>;
 }
 
 /** Counter names (fields of the submission hash). Per destination: `<name>:<destination>`. */
@@ -309,8 +312,11 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
   }
   const check = ctx.config.validator ? validationCheck(ctx.config.validator) : undefined;
   const result = mapRecords(mapping, data.records, check);
-  for (const problem of result.problems) {
-    await store.deadLetter(recordDeadLetter(data.submissionId, data.site, jobId, 'map', problem, true), { kind: 'map', data });
+  if (result.problems.length > 0) {
+    await store.deadLetter(
+      result.problems.map((problem) => recordDeadLetter(data.submissionId, data.site, jobId, 'map', problem, true)),
+      { kind: 'map', data },
+    );
   }
   const subject = result.subjects[0];
   const deliveries: { destination: string; jobId: string; added: boolean }[] = [];
