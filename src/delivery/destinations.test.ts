@@ -58,19 +58,21 @@ group('loadDestinations', () => {
     copyFileSync(EXAMPLE, join(dir, 'destinations.yaml'));
     const [hospital, registry, sponsor] = loadDestinations(join(dir, 'destinations.yaml'), env);
 
-    expect(hospital).toMatchObject({ name: 'hopital-a', kind: 'hospital', sites: ['site-a'], resourceTypes: '*', maxEntries: 100, atomic: true, pseudonymise: false });
+    expect(hospital).toMatchObject({ name: 'hopital-a', kind: 'hospital', server: 'hapi', sites: ['site-a'], resourceTypes: '*', maxEntries: 100, atomic: true, pseudonymise: false });
+    expect(hospital).toMatchObject({ transactions: 'detect', atomicTransactions: true, concurrency: 2, pacing: { decrease: 0.5, incidentMs: 10_000, recoverAfter: 10, leaseMs: 60_000 } });
     expect(hospital.auth.type).toBe('smart-backend-services');
     expect(hospital.auth.type === 'smart-backend-services' && hospital.auth.privateKey.reveal()).toBe(pem.trim());
     expect(() => createAuth(hospital.auth)).not.toThrow();
     expect(hospital.tls?.caFile).toBe(join(dir, 'certs', 'hopital-a-ca.pem'));
     expect(hospital.tls?.ca).toContain('BEGIN CERTIFICATE');
 
-    expect(registry).toMatchObject({ kind: 'registry', sites: '*', rateLimit: { max: 10, perMs: 1000 }, transactions: true, concurrency: 4, maxEntries: 50 });
+    expect(registry).toMatchObject({ kind: 'registry', server: 'firely', sites: '*', rateLimit: { max: 10, perMs: 1000 }, transactions: true, concurrency: 4, maxEntries: 150 });
     expect(registry.auth.type === 'oauth2-client-credentials' && registry.auth.clientSecret.reveal()).toBe(REGISTRY_SECRET);
     expect(acceptsResourceType(registry, 'Condition')).toBe(true);
     expect(acceptsResourceType(registry, 'AdverseEvent')).toBe(false);
 
     expect(sponsor).toMatchObject({ kind: 'sponsor', pseudonymise: true, timeoutMs: 30_000, retry: { attempts: 5, baseMs: 500, maxMs: 30_000 } });
+    expect(sponsor).toMatchObject({ server: 'medplum', maxEntries: 8, maxConditionalEntries: 8, concurrency: 1, atomicTransactions: 'detect', maxResponseBytes: 16 * 1024 * 1024 });
     expect(sponsor.auth.type === 'bearer' && sponsor.auth.token.reveal()).toBe(SPONSOR_TOKEN);
     expect(sponsor.pseudonymisationKey?.reveal()).toBe(PSEUDONYM_KEY);
     expect(acceptsSite(sponsor, 'site-c')).toBe(true);
@@ -93,7 +95,7 @@ group('loadDestinations', () => {
       }
     }
     expect(describe(destinations[2])).toBe(
-      "sponsor 'sponsor-edc' https://fhir.sponsor.example/ldccrt-hcc-p2, all sites, all types, auth bearer, pseudonymised, 50 entries/transaction, transactions detect, concurrency 4",
+      "sponsor 'sponsor-edc' (medplum) https://fhir.sponsor.example/ldccrt-hcc-p2, all sites, all types, auth bearer, pseudonymised, 8 entries/transaction, transactions true, concurrency 1",
     );
     expect(describe(destinations[1])).toContain('auth oauth2-client-credentials via https://login.registry.example');
     expect(inspect(destinations[1].auth)).toContain('Secret(env TB_REGISTRY_CLIENT_SECRET)');

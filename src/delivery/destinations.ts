@@ -7,6 +7,19 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } fro
 import type { AuthConfig } from './auth/index.ts';
 import { parsePrivateKey } from './auth/smart-backend-services.ts';
 import { describeSchemaError } from '../schema-errors.ts';
+import { conditionalUrl } from '../mapping/identity.ts';
+import { DEFAULT_PACING, type PacingSettings } from './pacing.ts';
+import {
+  entriesPerTransaction,
+  PRESETS,
+  resolveLimits,
+  RETRY_AFTER_SOURCES,
+  SERVER_PRESETS,
+  type ConditionalSearch,
+  type RetryAfterSource,
+  type ServerLimits,
+  type ServerPreset,
+} from './presets.ts';
 
 /**
  * A resolved secret. It prints as `[secret]` in logs, JSON and util.inspect; only `reveal()` gives the value,
@@ -53,8 +66,23 @@ export interface Destination {
   readonly resourceTypes: '*' | readonly string[];
   /** Profiles every resource sent to it must also meet (validated before delivery). */
   readonly profiles: readonly string[];
-  /** Entries per transaction (a larger bundle is split unless `atomic`). */
+  /** The kind of server (presets.ts): where the limits below come from unless the file sets them. */
+  readonly server: ServerPreset;
+  /**
+   * Entries per transaction as sent (a larger bundle is split unless `atomic`): the smaller of the file's (or
+   * preset's) `maxEntries` and `maxConditionalEntries`, since every entry trialbridge sends is conditional.
+   */
   readonly maxEntries: number;
+  /** The server's cap on entries when any is conditional, when it has one of its own. */
+  readonly maxConditionalEntries?: number;
+  /** Whether the server applies a transaction all-or-nothing; `detect`: judged from each answer. */
+  readonly atomicTransactions: boolean | 'detect';
+  /** Where the server's requested wait is read (headers, OperationOutcome), preferred first. */
+  readonly retryAfterFrom: readonly RetryAfterSource[];
+  /** Search parameters its conditional updates take (`identifier-only`: no `_tag`, see presets.ts). */
+  readonly conditionalSearch: ConditionalSearch;
+  /** Largest answer read; a longer one fails the delivery with a reason. */
+  readonly maxResponseBytes: number;
   /** A subject's bundle goes in one transaction or not at all: never split. */
   readonly atomic: boolean;
   /**
@@ -64,8 +92,13 @@ export interface Destination {
   readonly subjectsPerTransaction: number;
   /** Whether the server takes transaction bundles: `detect` asks its CapabilityStatement. */
   readonly transactions: boolean | 'detect';
-  /** Requests in flight at once. */
+  /**
+   * Requests in flight at once, across all workers: where the pacer starts and what it grows back to after
+   * backing off (delivery/pacing.ts).
+   */
   readonly concurrency: number;
+  /** How the pacer backs off under 429s and conflicts and recovers (delivery/pacing.ts). */
+  readonly pacing: PacingSettings;
   /** At most `max` requests per `perMs` milliseconds. */
   readonly rateLimit?: { readonly max: number; readonly perMs: number };
   /** Timeout of one request. */
@@ -117,12 +150,14 @@ export function formatDestinationIssue(issue: DestinationIssue): string {
   return `${where}: ${issue.key || '(top level)'}${who}: ${issue.message}`;
 }
 
+/** Defaults of the keys no preset sets; the preset-dependent ones are those of `server: generic`. */
 export const DEFAULTS = {
-  maxEntries: 50,
+  server: 'generic',
+  maxEntries: PRESETS.generic.limits.maxEntries,
   atomic: false,
   subjectsPerTransaction: 1,
-  transactions: 'detect',
-  concurrency: 4,
+  transactions: PRESETS.generic.limits.transactions,
+  concurrency: PRESETS.generic.limits.concurrency,
   timeoutMs: 30_000,
   retry: { attempts: 5, requestAttempts: 3, baseMs: 500, maxMs: 30_000 },
   circuitBreaker: { failures: 5, openMs: 60_000 },
@@ -175,11 +210,27 @@ export const destinationsSchema = {
           ],
         },
         profiles: { type: 'array', uniqueItems: true, items: { type: 'string', format: 'uri' } },
+        server: { enum: SERVER_PRESETS },
         maxEntries: positiveInt,
+        maxConditionalEntries: positiveInt,
         subjectsPerTransaction: positiveInt,
         atomic: { type: 'boolean' },
         transactions: { enum: [true, false, 'detect'] },
+        atomicTransactions: { enum: [true, false, 'detect'] },
+        retryAfterFrom: { type: 'array', minItems: 1, uniqueItems: true, items: { enum: RETRY_AFTER_SOURCES } },
+        conditionalSearch: { enum: ['any', 'identifier-only'] },
+        maxResponseBytes: { type: 'integer', minimum: 1024 },
         concurrency: { type: 'integer', minimum: 1, maximum: 64 },
+        pacing: {
+          type: 'object',
+          additionalProperties: false,
+          properties: {
+            decrease: { type: 'number', exclusiveMinimum: 0, exclusiveMaximum: 1 },
+            incidentMs: { type: 'integer', minimum: 0 },
+            recoverAfter: positiveInt,
+            leaseMs: { type: 'integer', minimum: 1000 },
+          },
+        },
         rateLimit: {
           type: 'object',
           required: ['max', 'perMs'],
@@ -446,7 +497,18 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
     const resourceTypes = (d.resourceTypes as '*' | string[] | undefined) ?? '*';
     const retry = { ...DEFAULTS.retry, ...(d.retry as object | undefined) };
     if (retry.maxMs < retry.baseMs) issue(index, ['retry', 'maxMs'], 'must be at least retry.baseMs');
-    const maxEntries = (d.maxEntries as number | undefined) ?? DEFAULTS.maxEntries;
+    const server = (d.server as ServerPreset | undefined) ?? DEFAULTS.server;
+    const limits = resolveLimits(server, pickLimits(d), d.baseUrl);
+    const tagged = tagKeyedTypes(resourceTypes);
+    if (limits.conditionalSearch === 'identifier-only' && tagged.length > 0) {
+      issue(
+        index,
+        [d.conditionalSearch !== undefined ? 'conditionalSearch' : 'server'],
+        `this server searches conditional updates by identifier only, and ${tagged.join(' and ')} are updated by _tag: ` +
+          (server === 'google' ? 'use the v1beta1 endpoint (a baseUrl with /v1beta1/), or ' : '') +
+          `leave ${tagged.join(' and ')} out with resourceTypes`,
+      );
+    }
     let tls: Destination['tls'];
     const caFile = (d.tls as { caFile?: string } | undefined)?.caFile;
     if (caFile !== undefined) {
@@ -467,12 +529,10 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
       sites: sites === '*' || sites.includes('*') ? '*' : sites,
       resourceTypes: resourceTypes === '*' ? '*' : resourceTypes,
       profiles: (d.profiles as string[] | undefined) ?? [],
-      maxEntries,
+      ...limitFields(server, limits),
       atomic: (d.atomic as boolean | undefined) ?? DEFAULTS.atomic,
       subjectsPerTransaction: (d.subjectsPerTransaction as number | undefined) ?? DEFAULTS.subjectsPerTransaction,
-      transactions: (d.transactions as boolean | 'detect' | undefined) ?? DEFAULTS.transactions,
-      concurrency: (d.concurrency as number | undefined) ?? DEFAULTS.concurrency,
-      rateLimit: d.rateLimit as Destination['rateLimit'],
+      pacing: { ...DEFAULT_PACING, ...(d.pacing as Partial<PacingSettings> | undefined) },
       timeoutMs: (d.timeoutMs as number | undefined) ?? DEFAULTS.timeoutMs,
       retry,
       ...(tls ? { tls } : {}),
@@ -485,6 +545,45 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
   });
   if (issues.length > 0) throw new DestinationConfigError(issues);
   return destinations;
+}
+
+const LIMIT_KEYS = [
+  'maxEntries',
+  'maxConditionalEntries',
+  'transactions',
+  'atomicTransactions',
+  'retryAfterFrom',
+  'conditionalSearch',
+  'maxResponseBytes',
+  'concurrency',
+  'rateLimit',
+] as const satisfies readonly (keyof ServerLimits)[];
+
+/** The preset keys a destination sets itself. */
+function pickLimits(d: Record<string, unknown>): Partial<ServerLimits> {
+  return Object.fromEntries(LIMIT_KEYS.filter((k) => d[k] !== undefined).map((k) => [k, d[k]])) as Partial<ServerLimits>;
+}
+
+/** A destination's fields that come from its preset and limits. */
+function limitFields(server: ServerPreset, limits: ServerLimits): Pick<Destination, 'server' | 'maxEntries' | 'maxConditionalEntries' | 'transactions' | 'atomicTransactions' | 'retryAfterFrom' | 'conditionalSearch' | 'maxResponseBytes' | 'concurrency' | 'rateLimit'> {
+  return {
+    server,
+    maxEntries: entriesPerTransaction(limits),
+    ...(limits.maxConditionalEntries !== undefined ? { maxConditionalEntries: limits.maxConditionalEntries } : {}),
+    transactions: limits.transactions,
+    atomicTransactions: limits.atomicTransactions,
+    retryAfterFrom: limits.retryAfterFrom,
+    conditionalSearch: limits.conditionalSearch,
+    maxResponseBytes: limits.maxResponseBytes,
+    concurrency: limits.concurrency,
+    ...(limits.rateLimit ? { rateLimit: limits.rateLimit } : {}),
+  };
+}
+
+/** The types a destination receives that trialbridge updates by `_tag` (whatever identity.ts keys that way). */
+function tagKeyedTypes(resourceTypes: '*' | readonly string[]): string[] {
+  const candidates = resourceTypes === '*' ? ['AdverseEvent', 'Provenance'] : resourceTypes;
+  return candidates.filter((type) => conditionalUrl(type, 's', 'v').startsWith(`${type}?_tag=`));
 }
 
 function schemaIssue(
@@ -520,11 +619,10 @@ export function destinationWithDefaults(init: Pick<Destination, 'name' | 'kind' 
     sites: '*',
     resourceTypes: '*',
     profiles: [],
-    maxEntries: DEFAULTS.maxEntries,
+    ...limitFields(init.server ?? DEFAULTS.server, resolveLimits(init.server ?? DEFAULTS.server, {})),
     atomic: DEFAULTS.atomic,
     subjectsPerTransaction: DEFAULTS.subjectsPerTransaction,
-    transactions: DEFAULTS.transactions,
-    concurrency: DEFAULTS.concurrency,
+    pacing: DEFAULT_PACING,
     timeoutMs: DEFAULTS.timeoutMs,
     retry: DEFAULTS.retry,
     circuitBreaker: DEFAULTS.circuitBreaker,
@@ -556,7 +654,7 @@ export function describe(destination: Destination): string {
   const sites = destination.sites === '*' ? 'all sites' : `sites ${destination.sites.join(',')}`;
   const types = destination.resourceTypes === '*' ? 'all types' : `types ${destination.resourceTypes.join(',')}`;
   return [
-    `${destination.kind} '${destination.name}' ${url.toString().replace(/\/$/, '')}`,
+    `${destination.kind} '${destination.name}'${destination.server === 'generic' ? '' : ` (${destination.server})`} ${url.toString().replace(/\/$/, '')}`,
     sites,
     types,
     `auth ${authText}`,
