@@ -3,13 +3,17 @@
  * bundles handed in by delivery jobs running at the same time are gathered for a moment and sent together,
  * within the destination's `maxEntries`. Each job still gets its own answer:
  * - the transaction is applied: every bundle in it is delivered;
- * - it is rejected (a 4xx with an OperationOutcome): each bundle is sent again on its own, so that only the
- *   subjects the server refuses are rejected, each with the server's own message about its data;
+ * - it is rejected as a whole (a 4xx with an OperationOutcome: an atomic server): each bundle is sent again on
+ *   its own, so that only the subjects the server refuses are rejected, each with the server's own message;
+ * - the server answered entry by entry (a non-atomic server: some entries applied, others refused): each
+ *   subject is judged by its own entries' answers, delivered only when all of them are 2xx;
+ * - the answer is unusable (a redirect, not FHIR, entries missing, too large): every subject is rejected with
+ *   that reason (sending each alone would only ask the same broken destination again);
  * - it fails in a way worth retrying (network, timeout, 5xx, 429 after in-request retries): every job fails
  *   this attempt, and the queue retries each (every entry is a conditional update: sending again is safe).
  * Entries the bundles share (the ResearchStudy every subject refers to) are sent once.
  */
-import { deliverBundle, type DeliverOptions, type DeliveryResult } from './deliver.ts';
+import { deliverBundle, type DeliverOptions, type DeliveryRejection, type DeliveryResult, type EntryFailure } from './deliver.ts';
 import type { FhirClient } from './client.ts';
 import { entryBytes, joinEntries, type SerializedBundle, type SerializedEntry } from './serialized-bundle.ts';
 
@@ -72,13 +76,15 @@ export class TransactionBatcher {
   async #send(pending: Pending[]): Promise<void> {
     let batch = pending;
     const alone = (p: Pending) => deliverBundle(this.#client, p.bundle, this.#options()).then(p.resolve, p.reject);
-    const { combined, conflicting } = combine(batch.map((p) => p.bundle));
-    const solo = conflicting.map((i) => alone(batch[i]));
-    batch = batch.filter((_p, i) => !conflicting.includes(i));
+    const first = combine(batch.map((p) => p.bundle));
+    const solo = first.conflicting.map((i) => alone(batch[i]));
+    batch = batch.filter((_p, i) => !first.conflicting.includes(i));
     if (batch.length <= 1) {
       await Promise.all([...solo, ...batch.map(alone)]);
       return;
     }
+    // Again without the conflicting bundles, so that each entry's placement is known.
+    const { combined, placements } = first.conflicting.length > 0 ? combine(batch.map((p) => p.bundle)) : first;
     let result: DeliveryResult;
     try {
       result = await deliverBundle(this.#client, combined, this.#options());
@@ -89,16 +95,61 @@ export class TransactionBatcher {
     }
     this.stats.batches++;
     this.stats.batchedSubjects += batch.length;
-    if (result.outcome === 'delivered') {
-      // The answers of a shared transaction are not told apart per subject: each subject's entries count as updated.
-      for (const p of batch) p.resolve({ outcome: 'delivered', attempts: result.attempts, requests: result.requests, entries: { created: 0, updated: p.bundle.entries.length } });
+    const rejection = result.rejection;
+    if (result.outcome === 'delivered' || rejection?.kind === 'answer' || rejection?.entries) {
+      batch.forEach((p, i) => p.resolve(subjectResult(result, placements, i, p.bundle.entries.length)));
       await Promise.all(solo);
       return;
     }
-    // Which subject's data the server refused is known only by sending each on its own.
+    // Refused as a whole: which subject's data the server refused is known only by sending each on its own.
     this.stats.fallbacks++;
     await Promise.all([...solo, ...batch.map(alone)]);
   }
+}
+
+/**
+ * One subject's result out of a shared transaction's: delivered when the transaction was, rejected with the
+ * whole answer's reason when it was unusable, and otherwise by its own entries' answers (their indexes made
+ * its own bundle's again).
+ */
+function subjectResult(result: DeliveryResult, placements: readonly (readonly Placement[])[], subject: number, entries: number): DeliveryResult {
+  const base = { attempts: result.attempts, requests: result.requests };
+  const rejection = result.rejection;
+  if (!rejection) {
+    // The answers of a shared transaction are not told apart per subject: each subject's entries count as updated.
+    return { outcome: 'delivered', ...base, entries: { created: 0, updated: entries }, statusClasses: { '2xx': entries } };
+  }
+  if (!rejection.entries) return { outcome: 'rejected', ...base, entries: { created: 0, updated: 0 }, statusClasses: result.statusClasses, rejection };
+  const own: EntryFailure[] = [];
+  for (const f of rejection.entries) {
+    const at = placements[f.index]?.find((p) => p.bundle === subject);
+    if (!at) continue;
+    const dependsOn = f.dependsOn === undefined ? undefined : placements[f.dependsOn]?.find((p) => p.bundle === subject)?.entry;
+    own.push({ ...f, index: at.entry, ...(dependsOn !== undefined ? { dependsOn } : {}) });
+  }
+  const failed = new Set(own.map((f) => f.index));
+  const statusClasses = { '2xx': entries - failed.size, ...(failed.size > 0 ? { '4xx': failed.size } : {}) };
+  if (own.length === 0) return { outcome: 'delivered', ...base, entries: { created: 0, updated: entries }, statusClasses: { '2xx': entries } };
+  const first = own.find((f) => f.dependsOn === undefined) ?? own[0];
+  const issues = own.flatMap((f) => f.outcome?.issue ?? []);
+  const message = `${own.length} of ${entries} entries not delivered in a transaction shared with other subjects: ${own
+    .slice(0, 5)
+    .map((f) => `${f.resourceType}${f.identifierSystem ? ` ${f.identifierSystem}` : ''} (entry ${f.index}) ${f.dependsOn !== undefined ? `refers to refused entry ${f.dependsOn}` : `HTTP ${f.status}`}`)
+    .join('; ')}`;
+  const mine: DeliveryRejection = {
+    status: first.status,
+    outcome: { resourceType: 'OperationOutcome', issue: issues.length > 0 ? issues : [{ severity: 'error', code: 'processing', diagnostics: message }] },
+    message,
+    kind: own.every((f) => f.kind === 'answer') ? 'answer' : 'invalid',
+    entries: own,
+  };
+  return { outcome: 'rejected', ...base, entries: { created: 0, updated: 0 }, statusClasses, rejection: mine };
+}
+
+/** Where an entry of a shared transaction came from: bundle (subject) index, entry index in that bundle. */
+interface Placement {
+  readonly bundle: number;
+  readonly entry: number;
 }
 
 /**
@@ -108,9 +159,11 @@ export class TransactionBatcher {
  * version of such an entry (two sites describing the study differently) is left out: `conflicting` lists
  * their indexes, to be sent on their own.
  */
-export function combine(bundles: readonly SerializedBundle[]): { combined: SerializedBundle; conflicting: number[] } {
+export function combine(bundles: readonly SerializedBundle[]): { combined: SerializedBundle; conflicting: number[]; placements: Placement[][] } {
   const seen = new Map<string, Buffer>();
+  const at = new Map<string, number>();
   const parts: { bundle: SerializedBundle; entry: SerializedEntry }[] = [];
+  const placements: Placement[][] = [];
   const conflicting: number[] = [];
   bundles.forEach((bundle, i) => {
     const shared = (e: SerializedEntry) => (e.fullUrl === undefined ? undefined : seen.get(e.fullUrl));
@@ -118,11 +171,18 @@ export function combine(bundles: readonly SerializedBundle[]): { combined: Seria
       conflicting.push(i);
       return;
     }
-    for (const entry of bundle.entries) {
-      if (shared(entry) !== undefined) continue;
-      if (entry.fullUrl !== undefined) seen.set(entry.fullUrl, entryBytes(bundle, entry));
+    bundle.entries.forEach((entry, j) => {
+      if (shared(entry) !== undefined) {
+        placements[at.get(entry.fullUrl!)!].push({ bundle: i, entry: j });
+        return;
+      }
+      if (entry.fullUrl !== undefined) {
+        seen.set(entry.fullUrl, entryBytes(bundle, entry));
+        at.set(entry.fullUrl, parts.length);
+      }
+      placements.push([{ bundle: i, entry: j }]);
       parts.push({ bundle, entry });
-    }
+    });
   });
-  return { combined: joinEntries(parts), conflicting };
+  return { combined: joinEntries(parts), conflicting, placements };
 }

@@ -1,6 +1,6 @@
 import type { OperationOutcome } from '@medplum/fhirtypes';
-import { defaultHttpTransport, fetchTransport, type HttpTransport } from './http-transport.ts';
-import { classifyStatus } from './retry.ts';
+import { DEFAULT_MAX_RESPONSE_BYTES, defaultHttpTransport, fetchTransport, ResponseTooLargeError, type HttpTransport } from './http-transport.ts';
+import { failureKind, waitAskedMs, type FailureKind } from './retry.ts';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -37,13 +37,20 @@ export interface FhirClientOptions {
   readonly transport?: HttpTransport;
   /** A fetch to send requests with instead (tests' fake servers; undici's fetch with a dispatcher). */
   readonly fetch?: typeof fetch;
+  /**
+   * Largest answer body read, in bytes (default 32 MiB), enforced while it streams in: past it the request is
+   * aborted and fails with ResponseTooLargeError (permanent).
+   */
+  readonly maxResponseBytes?: number;
 }
 
 export interface FhirResponse<T = unknown> {
   readonly status: number;
-  /** The parsed JSON body, or undefined when there was none. */
+  /** The parsed JSON body, or undefined when there was none or it was not JSON. */
   readonly body: T | undefined;
   readonly headers: Headers;
+  /** Whether the body was empty (as opposed to present but not JSON: an HTML page). */
+  readonly empty: boolean;
 }
 
 export interface RequestOptions {
@@ -81,7 +88,7 @@ export function outcomeText(outcome: OperationOutcome | undefined): string {
     .join('; ');
 }
 
-/** A response with status 400 or more. */
+/** A response with status 400 or more, or a redirect (3xx: never followed). */
 export class FhirHttpError extends Error {
   override readonly name = 'FhirHttpError';
   readonly status: number;
@@ -91,29 +98,60 @@ export class FhirHttpError extends Error {
   readonly outcome: OperationOutcome | undefined;
   /** The parsed body (or its text when not JSON). */
   readonly body: unknown;
-  /** Whether trying again later may succeed (408, 429, 5xx). */
+  /** What kind of failure (failureKind); `redirect` for a 3xx. */
+  readonly kind: FailureKind | 'redirect';
+  /** Whether trying again later may succeed (408, 429, 409, a 412 serialization conflict, 5xx). */
   readonly retryable: boolean;
   /** The Retry-After header, verbatim. */
   readonly retryAfter: string | undefined;
+  /** How long the server asks to wait (waitAskedMs: x-ms-retry-after-ms, Retry-After, RateLimit, _msBeforeNext). */
+  readonly retryAfterMs: number | undefined;
+  /** The answer's headers. */
+  readonly headers: Headers | undefined;
 
-  constructor(init: { status: number; statusText?: string; method: HttpMethod; url: string; body: unknown; retryAfter?: string }) {
+  constructor(init: { status: number; statusText?: string; method: HttpMethod; url: string; body: unknown; headers?: Headers; retryAfter?: string; now?: number }) {
     const outcome = isOperationOutcome(init.body) ? init.body : undefined;
-    const detail = outcomeText(outcome) || (typeof init.body === 'string' ? init.body.slice(0, 500) : '');
-    super(`${init.method} ${init.url} failed with HTTP ${init.status}${init.statusText ? ` ${init.statusText}` : ''}${detail ? `: ${detail}` : ''}`);
+    const redirect = init.status >= 300 && init.status < 400;
+    const detail = redirect ? redirectText(init.headers) : outcomeText(outcome) || (typeof init.body === 'string' ? init.body.slice(0, 500) : '');
+    super(`${init.method} ${init.url} ${redirect ? 'was answered with a redirect' : 'failed with'} HTTP ${init.status}${init.statusText ? ` ${init.statusText}` : ''}${detail ? `: ${detail}` : ''}`);
     this.status = init.status;
     this.method = init.method;
     this.url = init.url;
     this.outcome = outcome;
     this.body = init.body;
-    this.retryable = classifyStatus(init.status) === 'retry';
-    this.retryAfter = init.retryAfter;
+    this.kind = redirect ? 'redirect' : (failureKind(init.status, outcome) ?? 'invalid');
+    this.retryable = this.kind === 'throttle' || this.kind === 'conflict' || this.kind === 'unavailable';
+    this.retryAfter = init.retryAfter ?? init.headers?.get('retry-after') ?? undefined;
+    this.headers = init.headers;
+    this.retryAfterMs = this.waitMs(init.now);
   }
+
+  /** How long the server asks to wait, relative to `now` (a Retry-After date). */
+  waitMs(now: number = Date.now()): number | undefined {
+    return waitAskedMs(this.headers ?? { get: (name) => (name === 'retry-after' ? this.retryAfter : undefined) }, this.outcome, now);
+  }
+}
+
+/** Where a redirect pointed (origin and path: a query may hold a token), and that it was not followed. */
+function redirectText(headers: Headers | undefined): string {
+  const location = headers?.get('location');
+  let where = 'no Location';
+  if (location) {
+    try {
+      const url = new URL(location, 'http://relative.invalid');
+      where = url.origin === 'http://relative.invalid' ? url.pathname : `${url.origin}${url.pathname}`;
+    } catch {
+      where = 'an unreadable Location';
+    }
+  }
+  return `to ${where}; not followed (the request and its credentials go only to the configured destination)`;
 }
 
 /** A JSON-speaking client of one FHIR destination. Attempts once; retrying is the caller's policy. */
 export class FhirClient {
   readonly baseUrl: string;
   readonly timeoutMs: number;
+  readonly maxResponseBytes: number;
   readonly #options: FhirClientOptions;
   readonly #transport: HttpTransport;
   readonly #auth: AuthHook | undefined;
@@ -128,6 +166,7 @@ export class FhirClient {
     this.timeoutMs = options.timeoutMs ?? 30_000;
     this.#options = options;
     this.#transport = options.transport ?? (options.fetch ? fetchTransport(options.fetch) : defaultHttpTransport);
+    this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
   }
 
   /** The absolute URL of a path relative to the base ('' is the base itself, for transactions). */
@@ -150,8 +189,9 @@ export class FhirClient {
   }
 
   /**
-   * Sends one request (twice when a 401 makes `onUnauthorized` refresh the credentials). Resolves for statuses
-   * below 400; rejects with FhirHttpError otherwise, or with the network / timeout error.
+   * Sends one request (twice when a 401 makes `onUnauthorized` refresh the credentials). Resolves for 1xx/2xx
+   * statuses; rejects with FhirHttpError otherwise (a 3xx included: redirects are not followed), or with the
+   * network / timeout error, or ResponseTooLargeError.
    */
   async request<T = unknown>(method: HttpMethod, path: string, body?: unknown, options: RequestOptions = {}): Promise<FhirResponse<T>> {
     const url = this.url(path);
@@ -160,17 +200,17 @@ export class FhirClient {
       await this.#onUnauthorized(response.authHeaders);
       response = await this.#send<T>(method, url, body, options);
     }
-    if (response.status >= 400) {
+    if (response.status >= 300) {
       throw new FhirHttpError({
         status: response.status,
         statusText: response.statusText,
         method,
         url,
         body: response.body ?? (response.text.trim() === '' ? undefined : response.text),
-        retryAfter: response.headers.get('retry-after') ?? undefined,
+        headers: response.headers,
       });
     }
-    return { status: response.status, body: response.body, headers: response.headers };
+    return { status: response.status, body: response.body, headers: response.headers, empty: response.text.trim() === '' };
   }
 
   async #send<T>(method: HttpMethod, url: string, body: unknown, options: RequestOptions): Promise<FhirResponse<T> & { statusText: string; text: string; authHeaders: Record<string, string> }> {
@@ -186,10 +226,17 @@ export class FhirClient {
       headers,
       body: body === undefined ? undefined : body instanceof JsonText ? body.text : JSON.stringify(body),
       signal,
+      maxResponseBytes: this.maxResponseBytes,
     });
     // The body is read under the same timeout: a server that stalls mid-body times out too.
-    const text = await response.text();
-    return { status: response.status, statusText: response.statusText, headers: response.headers, authHeaders, text, body: parseJson(text) as T | undefined };
+    let text: string;
+    try {
+      text = await response.text();
+    } catch (error) {
+      if (error instanceof ResponseTooLargeError) throw new ResponseTooLargeError(error.limit, error.declared, response.status);
+      throw error;
+    }
+    return { status: response.status, statusText: response.statusText, headers: response.headers, authHeaders, text, body: parseJson(text) as T | undefined, empty: text.trim() === '' };
   }
 }
 

@@ -81,7 +81,7 @@ describe('deliverBundle against faults', () => {
       .reply(200, answerTransaction);
     const result = await deliverBundle(new FhirClient({ baseUrl: BASE }), bundle, options(sleep));
     expect(scope.isDone()).toBe(true);
-    expect(result).toEqual({ outcome: 'delivered', attempts: 3, requests: 1, entries: { created: bundle.entry!.length, updated: 0 } });
+    expect(result).toEqual({ outcome: 'delivered', attempts: 3, requests: 1, entries: { created: bundle.entry!.length, updated: 0 }, statusClasses: { '2xx': bundle.entry!.length }, located: expect.any(Object) });
     expect(waits).toHaveLength(2);
     for (const w of waits) expect(w).toBeLessThanOrEqual(FAST.maxDelayMs);
   });
@@ -124,6 +124,7 @@ describe('deliverBundle against faults', () => {
       .reply(200, answerTransaction);
     const result = await deliverBundle(new FhirClient({ baseUrl: BASE, timeoutMs: 50 }), bundle, options(sleep));
     expect(scope.isDone()).toBe(true);
+    expect(result.rejection).toBeUndefined();
     expect(result.outcome).toBe('delivered');
     expect(result.attempts).toBe(2);
     expect(waits).toHaveLength(1);
@@ -223,7 +224,7 @@ describe('deliverBundle against faults', () => {
       });
     const client = new FhirClient({ baseUrl: BASE });
     const whole = await deliverBundle(client, serialized, options(recorder().sleep));
-    expect(whole).toEqual({ outcome: 'delivered', attempts: 1, requests: 1, entries: { created: bundle.entry!.length, updated: 0 } });
+    expect(whole).toEqual({ outcome: 'delivered', attempts: 1, requests: 1, entries: { created: bundle.entry!.length, updated: 0 }, statusClasses: { '2xx': bundle.entry!.length }, located: expect.any(Object) });
     expect(bodies).toEqual([JSON.stringify(bundle)]);
     const split = await deliverBundle(client, serialized, options(recorder().sleep, { maxEntries: 8 }));
     expect(split.requests).toBe(Math.ceil(bundle.entry!.length / 8));

@@ -1,9 +1,10 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { Bundle, BundleEntry, CapabilityStatement, OperationOutcome, Resource } from '@medplum/fhirtypes';
 import { FhirHttpError, JsonText, outcomeText, type FhirClient, type FhirResponse, type HttpMethod } from './client.ts';
+import { ResponseTooLargeError } from './http-transport.ts';
 import { isSerialized, parseBundle, type SerializedBundle } from './serialized-bundle.ts';
-import { parseRetryAfter, retryPolicy, type RetryPolicy, type RetryPolicyOptions } from './retry.ts';
-import { conditionalReference, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
+import { failureKind, retryPolicy, waitAskedMs, type FailureKind, type RetryPolicy, type RetryPolicyOptions } from './retry.ts';
+import { conditionalReference, referencesOf, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
 
 export interface DeliverOptions {
   /** Most entries the destination takes in one transaction; larger bundles are split (see splitTransaction). */
@@ -27,12 +28,45 @@ export interface DeliverOptions {
   readonly literalReferences?: boolean;
 }
 
+/** Per-entry outcomes by HTTP status class; `missing`: a request entry the answer had no entry for. */
+export type StatusClass = '2xx' | '3xx' | '4xx' | '5xx' | 'missing';
+export type StatusClasses = Partial<Record<StatusClass, number>>;
+
+/**
+ * Why a delivery failed: the FailureKind of a status (throttle 429, conflict 409 / 412 serialization,
+ * unavailable 5xx / 408 / network, invalid: the data refused), or `answer`: the destination answered
+ * something that is no valid answer (a redirect, a body that is not FHIR JSON of the expected kind, missing or
+ * extra entries, more than maxResponseBytes). `answer` is permanent: such a destination is misconfigured or
+ * broken, and nothing it said can be counted delivered.
+ */
+export type DeliveryFailureKind = FailureKind | 'answer';
+
+/** One entry of the subject's bundle the server did not apply (or applied pointing at one it refused). */
+export interface EntryFailure {
+  /** Position of the entry in the request that carried it. */
+  readonly index: number;
+  readonly resourceType: string;
+  /** The business identifier's system (which key the entry has; never its value). */
+  readonly identifierSystem?: string;
+  /** The entry's HTTP status (0 when the answer had no entry for it). */
+  readonly status: number;
+  readonly outcome?: OperationOutcome;
+  readonly kind: DeliveryFailureKind;
+  /** Set when the entry's own status was fine but it refers to an entry that failed (a Provenance of a refused AdverseEvent): the index of that entry. */
+  readonly dependsOn?: number;
+}
+
 export interface DeliveryRejection {
+  /** HTTP status of the answer, or of the first refused entry. */
   readonly status: number;
   /** The server's OperationOutcome (one built from the response when the server sent none). */
   readonly outcome: OperationOutcome;
-  /** The server's message. */
+  /** The server's message, with the refused entries named by resource type and identifier system. */
   readonly message: string;
+  /** `invalid`: the data was refused; `answer`: the answer itself was unusable (see DeliveryFailureKind). */
+  readonly kind: 'invalid' | 'answer';
+  /** The refused entries, when the server answered per entry. */
+  readonly entries?: readonly EntryFailure[];
 }
 
 export interface DeliveryResult {
@@ -43,6 +77,10 @@ export interface DeliveryResult {
   readonly requests: number;
   /** What the server reported for the entries it applied. */
   readonly entries: { created: number; updated: number };
+  /** Per-entry outcomes of every answer received for this delivery, retried ones included. */
+  readonly statusClasses: StatusClasses;
+  /** `Type/id` the server gave each delivered entry, by fullUrl, where its answer told (location or resource). */
+  readonly located?: Readonly<Record<string, string>>;
   readonly rejection?: DeliveryRejection;
 }
 
@@ -51,16 +89,73 @@ export class DeliveryRetryableError extends Error {
   override readonly name = 'DeliveryRetryableError';
   /** Attempts made for the failing request. */
   readonly attempts: number;
-  /** HTTP status of the last attempt, when there was a response. */
+  /** HTTP status of the last attempt (or of its worst failing entry), when there was a response. */
   readonly status: number | undefined;
-  /** How long the server asked to wait (Retry-After), in ms. */
+  /**
+   * How long the server asked to wait, in ms: x-ms-retry-after-ms, Retry-After, RateLimit `t`, or
+   * `_msBeforeNext` in an OperationOutcome (of the answer or of a throttled entry inside a 200).
+   */
   readonly retryAfterMs: number | undefined;
+  /** `shared-pending`: another worker is writing the trial-wide entries this bundle refers to. */
+  readonly kind: 'throttle' | 'conflict' | 'unavailable' | 'shared-pending';
+  /** The server throttled (429): pacing should slow down. */
+  readonly throttled: boolean;
+  /** A write conflict (409, 412 serialization): pacing should lower concurrency. */
+  readonly conflict: boolean;
+  /** Per-entry outcomes of the answers received, when the failure was inside a 2xx answer. */
+  readonly statusClasses: StatusClasses | undefined;
+  readonly entries: readonly EntryFailure[] | undefined;
 
-  constructor(message: string, init: { attempts: number; status?: number; retryAfterMs?: number; cause: unknown }) {
+  constructor(
+    message: string,
+    init: {
+      attempts: number;
+      status?: number;
+      retryAfterMs?: number;
+      kind?: DeliveryRetryableError['kind'];
+      statusClasses?: StatusClasses;
+      entries?: readonly EntryFailure[];
+      cause: unknown;
+    },
+  ) {
     super(message, { cause: init.cause });
     this.attempts = init.attempts;
     this.status = init.status;
     this.retryAfterMs = init.retryAfterMs;
+    this.kind = init.kind ?? 'unavailable';
+    this.throttled = this.kind === 'throttle';
+    this.conflict = this.kind === 'conflict';
+    this.statusClasses = init.statusClasses;
+    this.entries = init.entries;
+  }
+}
+
+/** A 2xx answer whose entries failed in ways worth retrying: the request is sent again. */
+class EntriesRetryable extends Error {
+  readonly retryable = true;
+  readonly status: number;
+  readonly kind: 'throttle' | 'conflict' | 'unavailable';
+  readonly retryAfterMs: number | undefined;
+  readonly failures: readonly EntryFailure[];
+  constructor(message: string, failures: readonly EntryFailure[], retryAfterMs: number | undefined) {
+    super(message);
+    this.failures = failures;
+    // Throttling first: it is what pacing must react to; then conflicts.
+    const worst = failures.find((f) => f.kind === 'throttle') ?? failures.find((f) => f.kind === 'conflict') ?? failures[0];
+    this.status = worst.status;
+    this.kind = worst.kind as EntriesRetryable['kind'];
+    this.retryAfterMs = retryAfterMs;
+  }
+}
+
+/** An answer that is not a valid answer to the request: permanent (see DeliveryFailureKind `answer`). */
+export class DeliveryAnswerError extends Error {
+  override readonly name = 'DeliveryAnswerError';
+  readonly retryable = false;
+  readonly status: number;
+  constructor(message: string, status: number) {
+    super(message);
+    this.status = status;
   }
 }
 
@@ -69,9 +164,20 @@ interface Run {
   readonly sleep: (ms: number) => Promise<void>;
   readonly now: () => number;
   attempts: number;
+  readonly classes: Record<string, number>;
 }
 
 const defaultSleep = (ms: number): Promise<void> => delay(ms);
+
+function newRun(options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now'>): Run {
+  return { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0, classes: {} };
+}
+
+function retryKind(error: unknown): DeliveryRetryableError['kind'] {
+  if (error instanceof EntriesRetryable) return error.kind;
+  if (error instanceof FhirHttpError && (error.kind === 'throttle' || error.kind === 'conflict')) return error.kind;
+  return 'unavailable';
+}
 
 /** Runs one request under the retry policy; counts attempts on `run`. */
 async function withRetry<T>(run: Run, what: string, send: () => Promise<T>): Promise<T> {
@@ -81,41 +187,53 @@ async function withRetry<T>(run: Run, what: string, send: () => Promise<T>): Pro
       return await send();
     } catch (error) {
       if (run.policy.classify(error) !== 'retry') throw error;
-      const status = error instanceof FhirHttpError ? error.status : undefined;
-      const retryAfter = error instanceof FhirHttpError ? error.retryAfter : undefined;
-      const asked = parseRetryAfter(retryAfter, run.now());
+      const status = error instanceof FhirHttpError || error instanceof EntriesRetryable ? error.status : undefined;
+      const asked = error instanceof FhirHttpError ? error.waitMs(run.now()) : error instanceof EntriesRetryable ? error.retryAfterMs : undefined;
       const reason = error instanceof Error ? error.message : String(error);
-      if (!run.policy.canRetry(attempt)) {
-        throw new DeliveryRetryableError(`${what}: gave up after ${attempt} attempts: ${reason}`, { attempts: attempt, status, retryAfterMs: asked, cause: error });
-      }
+      const init = {
+        attempts: attempt,
+        status,
+        retryAfterMs: asked,
+        kind: retryKind(error),
+        statusClasses: { ...run.classes },
+        ...(error instanceof EntriesRetryable ? { entries: error.failures } : {}),
+        cause: error,
+      };
+      if (!run.policy.canRetry(attempt)) throw new DeliveryRetryableError(`${what}: gave up after ${attempt} attempts: ${reason}`, init);
       if (asked !== undefined && asked > run.policy.maxRetryAfterMs) {
-        throw new DeliveryRetryableError(`${what}: the server asks to retry in ${Math.round(asked / 1000)} s: ${reason}`, {
-          attempts: attempt,
-          status,
-          retryAfterMs: asked,
-          cause: error,
-        });
+        throw new DeliveryRetryableError(`${what}: the server asks to retry in ${Math.round(asked / 1000)} s: ${reason}`, init);
       }
-      await run.sleep(run.policy.delayFor(attempt, retryAfter, run.now()));
+      await run.sleep(run.policy.delayFor(attempt, asked, run.now()));
     }
   }
 }
 
 const capabilities = new WeakMap<FhirClient, Promise<boolean>>();
+const nonAtomic = new WeakSet<FhirClient>();
+
+/**
+ * Whether a destination has shown that it applies a `transaction` entry by entry: it answered a transaction
+ * with some entries applied and others refused (Medplum without `transaction-bundles` does so while its
+ * CapabilityStatement declares transactions). Learnt per client from the answers themselves.
+ */
+export function isNonAtomic(client: FhirClient): boolean {
+  return nonAtomic.has(client);
+}
 
 /**
  * Whether the server takes transactions: its CapabilityStatement lists the `transaction` interaction. Asked
  * once per client; a server without a readable CapabilityStatement (a 4xx) is taken not to. A failure worth
- * retrying is not remembered.
+ * retrying is not remembered, nor is a redirect (the destination is misconfigured: the delivery says so).
+ * That the server declares transactions does not make them atomic: see isNonAtomic.
  */
 export function supportsTransactions(client: FhirClient, options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now'> = {}): Promise<boolean> {
   let known = capabilities.get(client);
   if (!known) {
-    const run: Run = { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0 };
+    const run = newRun(options);
     known = withRetry(run, `GET ${client.url('metadata')}`, () => client.get<CapabilityStatement>('metadata')).then(
       (response) => (response.body?.rest ?? []).some((rest) => (rest.interaction ?? []).some((i) => i.code === 'transaction')),
       (error: unknown) => {
-        if (error instanceof FhirHttpError && !error.retryable && error.status !== 401 && error.status !== 403) return false;
+        if (error instanceof FhirHttpError && !error.retryable && error.kind !== 'redirect' && error.status !== 401 && error.status !== 403) return false;
         capabilities.delete(client);
         throw error;
       },
@@ -123,6 +241,171 @@ export function supportsTransactions(client: FhirClient, options: Pick<DeliverOp
     capabilities.set(client, known);
   }
   return known;
+}
+
+function statusClass(status: number): StatusClass {
+  if (status >= 200 && status < 300) return '2xx';
+  if (status >= 300 && status < 400) return '3xx';
+  if (status >= 400 && status < 500) return '4xx';
+  return '5xx';
+}
+
+function countClass(run: Run, cls: StatusClass, n = 1): void {
+  run.classes[cls] = (run.classes[cls] ?? 0) + n;
+}
+
+/** What is known of a request entry to name it in a failure: its type and identifier system, never values. */
+interface EntryName {
+  readonly resourceType: string;
+  readonly identifierSystem?: string;
+  readonly fullUrl?: string;
+  /** fullUrls the entry refers to. */
+  readonly references: readonly string[];
+}
+
+function entryName(entry: BundleEntry): EntryName {
+  const resource = entry.resource;
+  const tag = resource?.meta?.tag?.[0];
+  const raw = (resource as { identifier?: unknown } | undefined)?.identifier;
+  const identifier = (Array.isArray(raw) ? raw[0] : raw) as { system?: string } | undefined;
+  const system = tag?.system ?? identifier?.system;
+  return {
+    resourceType: resource?.resourceType ?? entry.request?.url?.split('?')[0] ?? 'entry',
+    ...(system ? { identifierSystem: system } : {}),
+    ...(entry.fullUrl ? { fullUrl: entry.fullUrl } : {}),
+    references: resource ? referencesOf(resource) : [],
+  };
+}
+
+function describeFailure(f: EntryFailure, names: readonly EntryName[]): string {
+  const key = f.identifierSystem ? ` ${f.identifierSystem}` : '';
+  if (f.dependsOn !== undefined) {
+    const target = names[f.dependsOn];
+    return `${f.resourceType}${key} (entry ${f.index}) refers to the refused ${target?.resourceType ?? 'entry'} (entry ${f.dependsOn})`;
+  }
+  const status = f.status === 0 ? 'no answer entry' : `HTTP ${f.status}`;
+  const text = outcomeText(f.outcome);
+  return `${f.resourceType}${key} (entry ${f.index}): ${status}${text ? `: ${text}` : ''}`;
+}
+
+/** Entries that refer, directly or through others, to a failed entry, though their own status was fine. */
+function dependents(names: readonly EntryName[], failures: readonly EntryFailure[]): EntryFailure[] {
+  const failedUrls = new Map<string, number>();
+  for (const f of failures) {
+    const url = names[f.index]?.fullUrl;
+    if (url) failedUrls.set(url, f.index);
+  }
+  const out: EntryFailure[] = [];
+  const failed = new Set(failures.map((f) => f.index));
+  for (let changed = true; changed; ) {
+    changed = false;
+    names.forEach((name, index) => {
+      if (failed.has(index)) return;
+      const target = name.references.map((r) => failedUrls.get(r)).find((i) => i !== undefined);
+      if (target === undefined) return;
+      failed.add(index);
+      if (name.fullUrl) failedUrls.set(name.fullUrl, index);
+      out.push({ index, resourceType: name.resourceType, ...(name.identifierSystem ? { identifierSystem: name.identifierSystem } : {}), status: 0, kind: 'invalid', dependsOn: target });
+      changed = true;
+    });
+  }
+  return out;
+}
+
+/** The checked answer to one transaction (or batch): which entries were applied, which failed and how. */
+interface CheckedAnswer {
+  readonly answers: BundleEntry[];
+  readonly failures: EntryFailure[];
+}
+
+const EXPECTED_TYPE: Record<string, string> = { transaction: 'transaction-response', batch: 'batch-response' };
+
+/**
+ * Checks a transaction's answer: a Bundle of the expected type with one entry per request entry, each with a
+ * status. Throws DeliveryAnswerError when it is none of that; returns the entries that failed (with the
+ * names from `names()`, asked only when something failed: a serialised bundle is parsed only then).
+ */
+function checkAnswer(run: Run, response: FhirResponse<Bundle>, requestType: string, count: number, names: () => readonly EntryName[]): CheckedAnswer {
+  const body = response.body as Bundle | undefined;
+  const expected = EXPECTED_TYPE[requestType] ?? `${requestType}-response`;
+  if (body === undefined || typeof body !== 'object' || body === null || Array.isArray(body) || body.resourceType !== 'Bundle') {
+    const type = response.headers.get('content-type') ?? 'no content type';
+    const what = response.empty ? 'an empty body' : body === undefined ? `a body that is not JSON (${type.split(';')[0]})` : `JSON that is not a FHIR Bundle (${String((body as { resourceType?: unknown }).resourceType ?? 'no resourceType')})`;
+    throw new DeliveryAnswerError(`the answer (HTTP ${response.status}) to a ${requestType} of ${count} entries is ${what}, not a ${expected}: nothing counted delivered`, response.status);
+  }
+  if (body.type !== expected) {
+    throw new DeliveryAnswerError(`the answer (HTTP ${response.status}) to a ${requestType} is a Bundle of type ${String(body.type)}, not a ${expected}: nothing counted delivered`, response.status);
+  }
+  const answers = body.entry ?? [];
+  if (answers.length !== count) {
+    if (answers.length < count) countClass(run, 'missing', count - answers.length);
+    throw new DeliveryAnswerError(
+      `the ${expected} (HTTP ${response.status}) has ${answers.length} entries for the ${count} sent: ${answers.length < count ? 'entries missing' : 'extra entries'}, nothing counted delivered`,
+      response.status,
+    );
+  }
+  const failures: EntryFailure[] = [];
+  answers.forEach((answer, index) => {
+    const status = Number.parseInt(String(answer?.response?.status ?? '').trim(), 10);
+    if (!Number.isInteger(status) || status < 100 || status > 599) {
+      countClass(run, 'missing');
+      failures.push({ index, resourceType: '', status: 0, kind: 'answer' });
+      return;
+    }
+    countClass(run, statusClass(status));
+    if (status >= 200 && status < 300) return;
+    const outcome = answer.response?.outcome?.resourceType === 'OperationOutcome' ? (answer.response.outcome as OperationOutcome) : undefined;
+    const kind: DeliveryFailureKind = status < 400 ? 'answer' : (failureKind(status, outcome) ?? 'invalid');
+    failures.push({ index, resourceType: '', status, ...(outcome ? { outcome } : {}), kind });
+  });
+  if (failures.length === 0) return { answers, failures };
+  const named = names();
+  for (const [i, f] of failures.entries()) {
+    const name = named[f.index];
+    failures[i] = { ...f, resourceType: name?.resourceType ?? 'entry', ...(name?.identifierSystem ? { identifierSystem: name.identifierSystem } : {}) };
+  }
+  return { answers, failures };
+}
+
+/**
+ * Judges the failed entries of a checked answer: nothing failed permanently but something transiently →
+ * EntriesRetryable (the request is sent again: every entry is a conditional update, so the entries already
+ * applied are simply written again); something failed permanently → the rejection, the entries that depend on
+ * a refused one included.
+ */
+function judge(client: FhirClient, response: FhirResponse<Bundle>, checked: CheckedAnswer, names: () => readonly EntryName[], now: number): DeliveryRejection | undefined {
+  const { failures, answers } = checked;
+  if (failures.length === 0) return undefined;
+  if (failures.length < answers.length) nonAtomic.add(client);
+  const permanent = failures.filter((f) => f.kind === 'invalid' || f.kind === 'answer');
+  const named = names();
+  if (permanent.length === 0) {
+    // A throttled entry inside a 200 (Medplum, Azure batches) carries the wait in its own outcome; the answer's headers may say it too.
+    const waits = failures.map((f) => waitAskedMs(f.kind === 'throttle' ? response.headers : undefined, f.outcome, now)).filter((w): w is number => w !== undefined);
+    const asked = waitAskedMs(response.headers, undefined, now) ?? (waits.length > 0 ? Math.max(...waits) : undefined);
+    const summary = summarise(failures);
+    throw new EntriesRetryable(`${failures.length} of ${answers.length} entries failed (${summary}): ${failures.slice(0, 3).map((f) => describeFailure(f, named)).join('; ')}`, failures, asked);
+  }
+  const all = [...failures, ...dependents(named, failures)];
+  const first = permanent[0];
+  const message = `${all.length} of ${answers.length} entries not delivered (${summarise(all)}): ${all.slice(0, 5).map((f) => describeFailure(f, named)).join('; ')}${all.length > 5 ? `; and ${all.length - 5} more` : ''}`;
+  const issues = all.flatMap((f) => f.outcome?.issue ?? []);
+  return {
+    status: first.status,
+    outcome: { resourceType: 'OperationOutcome', issue: issues.length > 0 ? issues : [{ severity: 'error', code: 'processing', diagnostics: message }] },
+    message,
+    kind: permanent.every((f) => f.kind === 'answer') ? 'answer' : 'invalid',
+    entries: all,
+  };
+}
+
+function summarise(failures: readonly EntryFailure[]): string {
+  const counts = new Map<string, number>();
+  for (const f of failures) {
+    const key = f.dependsOn !== undefined ? 'dependent' : f.status === 0 ? 'no status' : String(f.status);
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  return [...counts].map(([k, n]) => `${n}× ${k}`).join(', ');
 }
 
 /** `Type/id` of a location (`Type/id`, `Type/id/_history/n`, absolute or relative), or undefined. */
@@ -141,17 +424,53 @@ function isCreated(status: string | number | undefined): boolean {
   return String(status ?? '').trim().startsWith('201');
 }
 
-function rejectionOf(error: FhirHttpError): DeliveryRejection {
+function rejectionOf(error: FhirHttpError | DeliveryAnswerError | ResponseTooLargeError): DeliveryRejection {
+  if (!(error instanceof FhirHttpError)) {
+    return {
+      status: error.status ?? 0,
+      outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'processing', diagnostics: error.message }] },
+      message: error.message,
+      kind: 'answer',
+    };
+  }
   const outcome: OperationOutcome = error.outcome ?? {
     resourceType: 'OperationOutcome',
     issue: [{ severity: 'error', code: 'processing', diagnostics: error.message }],
   };
-  return { status: error.status, outcome, message: outcomeText(error.outcome) || error.message };
+  return { status: error.status, outcome, message: outcomeText(error.outcome) || error.message, kind: error.kind === 'redirect' ? 'answer' : 'invalid' };
 }
 
-/** A rejection of the data, as opposed to a problem with the destination's credentials or permissions. */
-function isRejection(error: unknown): error is FhirHttpError {
+/**
+ * A failure that is an answer about this delivery, to be dead-lettered as it is: the data refused (a 4xx other
+ * than 401/403/407), a redirect, an unusable answer (DeliveryAnswerError, ResponseTooLargeError); as opposed
+ * to a problem with the destination's credentials or permissions, or one worth retrying.
+ */
+function isRejection(error: unknown): error is FhirHttpError | DeliveryAnswerError | ResponseTooLargeError {
+  if (error instanceof DeliveryAnswerError || error instanceof ResponseTooLargeError) return true;
   return error instanceof FhirHttpError && !error.retryable && error.status !== 401 && error.status !== 403 && error.status !== 407;
+}
+
+/**
+ * The answer to one individual conditional update, checked: a 2xx whose body is a resource of the entry's
+ * type, or an empty body (servers asked for, or defaulting to, `Prefer: return=minimal`) whose Location or
+ * Content-Location names a resource of that type. Anything else (an HTML page, another resource type, an
+ * OperationOutcome, an empty body with nothing saying what was written) is not proof the resource is held.
+ */
+function checkUpdateAnswer(response: FhirResponse<Resource>, type: string, what: string): void {
+  const body = response.body as unknown;
+  if (response.empty) {
+    const location = response.headers.get('location') ?? response.headers.get('content-location');
+    if (literalFromLocation(location)?.startsWith(`${type}/`)) return;
+    throw new DeliveryAnswerError(`${what}: HTTP ${response.status} with an empty body and no Location of a ${type}: nothing proves it was written`, response.status);
+  }
+  if (body === undefined || typeof body !== 'object' || body === null || Array.isArray(body)) {
+    const contentType = (response.headers.get('content-type') ?? 'no content type').split(';')[0];
+    throw new DeliveryAnswerError(`${what}: HTTP ${response.status} with a body that is not FHIR JSON (${contentType}): nothing counted delivered`, response.status);
+  }
+  const resourceType = (body as { resourceType?: unknown }).resourceType;
+  if (resourceType !== type) {
+    throw new DeliveryAnswerError(`${what}: HTTP ${response.status} answered with ${typeof resourceType === 'string' ? `a ${resourceType}` : 'JSON that is no resource'}, not the ${type} written`, response.status);
+  }
 }
 
 /**
@@ -160,13 +479,24 @@ function isRejection(error: unknown): error is FhirHttpError {
  * policy. Every entry is a conditional update, so sending a request again is safe even when an earlier
  * attempt may have been applied.
  *
- * Resolves `delivered`, or `rejected` when the server refuses the data (a 4xx other than 401/403: not worth
- * retrying) with its OperationOutcome; requests before the rejected one stay applied. Rejects with
- * DeliveryRetryableError when a retryable failure outlasts the policy, and with the FhirHttpError of a
+ * Every answer is checked (checkAnswer, checkUpdateAnswer): `delivered` only when each entry of each request
+ * came back 2xx. A 2xx answer holding failed entries is judged entry by entry like a whole answer: when the
+ * failures are all transient (429, 409, 412 serialization, 408, 5xx) the whole request is sent again after the
+ * wait the server asks for. Re-sending the whole request (the subject's transaction, or the failing part of a
+ * split one) rather than only its failed entries is deliberate: the entries of a subject refer to each other
+ * by `urn:uuid`, so a failed entry's dependants would have to travel with it anyway (conditional references
+ * are not resolved everywhere), and a server that throttles fails every remaining entry (Medplum, Azure), so
+ * the failed part is most of the request; the cost is re-writing the applied entries, which changes no
+ * resource's content (conditional updates of the same data).
+ *
+ * Resolves `rejected` when the server refuses the data (a 4xx other than 401/403, or a refused entry) with
+ * its OperationOutcome and the refused entries (and those referring to them) named, or when the answer is
+ * unusable (a redirect, not FHIR, missing entries, too large); requests before it stay applied. Rejects
+ * with DeliveryRetryableError when a retryable failure outlasts the policy, and with the FhirHttpError of a
  * credentials problem (401 after a refresh, 403).
  */
 export async function deliverBundle(client: FhirClient, given: Bundle | SerializedBundle, options: DeliverOptions = {}): Promise<DeliveryResult> {
-  const run: Run = { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0 };
+  const run = newRun(options);
   const mode = options.transactions ?? 'detect';
   const transactions = mode === 'detect' ? await supportsTransactions(client, options) : mode;
   if (isSerialized(given) && transactions && (!options.maxEntries || given.entries.length <= options.maxEntries)) {
@@ -176,7 +506,10 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
   const literal = new Map<string, string>();
   const useLiteral = options.literalReferences !== false;
   const resolve = <T>(value: T): T => (useLiteral && literal.size > 0 ? rewriteReferences(value, (ref) => literal.get(ref)) : value);
+  const located: Record<string, string> = {};
   const learn = (entry: BundleEntry, resource: Resource | undefined, location: string | null | undefined): void => {
+    const where = entry.fullUrl ? literalOf(resource, location) : undefined;
+    if (where) located[entry.fullUrl!] = where;
     const key = useLiteral ? conditionalReference(entry) : undefined;
     const target = key && literalOf(resource, location);
     if (key && target) literal.set(key, target);
@@ -189,7 +522,8 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
     attempts: run.attempts,
     requests,
     entries: { created, updated },
-    ...(rejection ? { rejection } : {}),
+    statusClasses: { ...run.classes },
+    ...(rejection ? { rejection } : { located }),
   });
 
   try {
@@ -198,13 +532,19 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
       for (const [i, part] of parts.entries()) {
         const body = resolve(part);
         const what = `transaction ${i + 1}/${parts.length} to ${client.baseUrl}`;
-        let response: FhirResponse<Bundle>;
+        const names = (): EntryName[] => (part.entry ?? []).map(entryName);
+        let rejection: DeliveryRejection | undefined;
+        let answers: BundleEntry[];
         try {
-          response = await withRetry(run, what, () => client.post<Bundle>('', body));
+          ({ answers, rejection } = await withRetry(run, what, async () => {
+            const response = await client.post<Bundle>('', body);
+            const checked = checkAnswer(run, response, 'transaction', part.entry?.length ?? 0, names);
+            return { answers: checked.answers, rejection: judge(client, response, checked, names, run.now()) };
+          }));
         } finally {
           requests++;
         }
-        const answers = response.body?.entry ?? [];
+        if (rejection) return result(rejection);
         (part.entry ?? []).forEach((entry, j) => {
           const answer = answers[j];
           if (isCreated(answer?.response?.status)) created++;
@@ -218,9 +558,21 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
         const url = entry.request?.url;
         if (!url) throw new Error(`entry ${entry.fullUrl ?? '?'} has no request URL`);
         const body = entry.resource === undefined ? undefined : resolve(entry.resource);
+        const type = entry.resource?.resourceType ?? url.split('?')[0];
+        const what = `${method} ${type}${entryName(entry).identifierSystem ? ` ${entryName(entry).identifierSystem}` : ''}`;
         let response: FhirResponse<Resource>;
         try {
-          response = await withRetry(run, `${method} ${url}`, () => client.request<Resource>(method, url, body));
+          response = await withRetry(run, what, async () => {
+            try {
+              const answer = await client.request<Resource>(method, url, body);
+              countClass(run, statusClass(answer.status));
+              checkUpdateAnswer(answer, type, what);
+              return answer;
+            } catch (error) {
+              if (error instanceof FhirHttpError) countClass(run, statusClass(error.status));
+              throw error;
+            }
+          });
         } finally {
           requests++;
         }
@@ -238,13 +590,27 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
 
 /** One transaction sent as the text it already is; the answer's entries say what was created or updated. */
 async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Run): Promise<DeliveryResult> {
-  let response: FhirResponse<Bundle>;
+  const names = (): EntryName[] => (parseBundle(bundle).entry ?? []).map(entryName);
+  let answers: BundleEntry[];
+  let rejection: DeliveryRejection | undefined;
   try {
-    response = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, () => client.post<Bundle>('', new JsonText(bundle.bytes)));
+    ({ answers, rejection } = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, async () => {
+      const response = await client.post<Bundle>('', new JsonText(bundle.bytes));
+      const checked = checkAnswer(run, response, 'transaction', bundle.entries.length, names);
+      return { answers: checked.answers, rejection: judge(client, response, checked, names, run.now()) };
+    }));
   } catch (error) {
     if (!isRejection(error)) throw error;
-    return { outcome: 'rejected', attempts: run.attempts, requests: 1, entries: { created: 0, updated: 0 }, rejection: rejectionOf(error) };
+    rejection = rejectionOf(error);
+    answers = [];
   }
-  const created = (response.body?.entry ?? []).filter((answer) => isCreated(answer.response?.status)).length;
-  return { outcome: 'delivered', attempts: run.attempts, requests: 1, entries: { created, updated: bundle.entries.length - created } };
+  const base = { attempts: run.attempts, requests: 1, statusClasses: { ...run.classes } };
+  if (rejection) return { outcome: 'rejected', ...base, entries: { created: 0, updated: 0 }, rejection };
+  const created = answers.filter((answer) => isCreated(answer.response?.status)).length;
+  const located: Record<string, string> = {};
+  bundle.entries.forEach((entry, j) => {
+    const where = entry.fullUrl ? literalOf(answers[j]?.resource, answers[j]?.response?.location) : undefined;
+    if (where) located[entry.fullUrl!] = where;
+  });
+  return { outcome: 'delivered', ...base, entries: { created, updated: bundle.entries.length - created }, located };
 }

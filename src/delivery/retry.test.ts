@@ -4,10 +4,11 @@ import { classify, classifyStatus, parseRetryAfter, RetryPolicy } from './retry.
 const errorWith = (props: Record<string, unknown>, message = 'boom'): Error => Object.assign(new Error(message), props);
 
 describe('classify', () => {
-  it('classifies statuses: 2xx/3xx ok, 408/429/5xx retry, other 4xx permanent', () => {
-    for (const s of [200, 201, 204, 304]) expect(classifyStatus(s)).toBe('ok');
-    for (const s of [408, 429, 500, 502, 503, 504]) expect(classifyStatus(s)).toBe('retry');
-    for (const s of [400, 401, 403, 404, 409, 412, 422, 501]) expect(classifyStatus(s)).toBe('permanent');
+  it('classifies statuses: 2xx ok, redirects permanent (never followed), 408/409/429/5xx retry, other 4xx permanent', () => {
+    for (const s of [200, 201, 204]) expect(classifyStatus(s)).toBe('ok');
+    for (const s of [301, 302, 304, 307, 308]) expect(classifyStatus(s)).toBe('permanent');
+    for (const s of [408, 409, 429, 500, 502, 503, 504]) expect(classifyStatus(s)).toBe('retry');
+    for (const s of [400, 401, 403, 404, 412, 422, 501]) expect(classifyStatus(s)).toBe('permanent');
     expect(classify(new Response(null, { status: 503 }))).toBe('retry');
     expect(classify(new Response('{}', { status: 422 }))).toBe('permanent');
     expect(classify(new Response('{}', { status: 201 }))).toBe('ok');

@@ -4,12 +4,17 @@
  * worker), posted as it is, and several subjects' bundles are joined into one transaction (delivery/batcher.ts)
  * by slicing their entries out of the bytes, never parsing them again.
  */
-import type { Bundle } from '@medplum/fhirtypes';
+import type { Bundle, BundleEntry } from '@medplum/fhirtypes';
 
 /** Where one entry's JSON is in the bundle's bytes. */
 export interface SerializedEntry {
   /** The entry's fullUrl, to find entries that several bundles share. */
   readonly fullUrl?: string;
+  /**
+   * A trial-wide entry, the same in every subject's bundle (the ResearchStudy): written once per destination
+   * before the bundles that refer to it (shared-entries.ts), not with each of them.
+   */
+  readonly shared?: true;
   readonly start: number;
   readonly end: number;
 }
@@ -28,18 +33,30 @@ const COMMA = Buffer.from(',');
 
 /** The entries of a transaction bundle as bytes (a transaction bundle is its entries: nothing else is kept). */
 export function serializeBundle(bundle: Bundle): SerializedBundle {
-  return fromEntryTexts((bundle.entry ?? []).map((e) => ({ ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), json: JSON.stringify(e) })));
+  return fromEntryTexts(
+    (bundle.entry ?? []).map((e) => ({ ...(e.fullUrl ? { fullUrl: e.fullUrl } : {}), ...(isTrialWide(e) ? { shared: true as const } : {}), json: JSON.stringify(e) })),
+  );
+}
+
+/**
+ * Resource types one resource of which serves the whole trial: a mapping's `scope: trial` rule makes the
+ * ResearchStudy, and nothing else is trial-wide in R4 terms of a subject's bundle.
+ */
+const TRIAL_WIDE_TYPES: ReadonlySet<string> = new Set(['ResearchStudy']);
+
+export function isTrialWide(entry: BundleEntry): boolean {
+  return entry.resource !== undefined && TRIAL_WIDE_TYPES.has(entry.resource.resourceType);
 }
 
 /**
  * A bundle from its entries' JSON texts. Also reads the form delivery jobs and dead letters had before bundles
  * were kept as bytes (`{ entries: [{ fullUrl, json }] }`), so that jobs queued by an earlier version still go.
  */
-export function fromEntryTexts(texts: readonly { readonly fullUrl?: string; readonly json: string }[]): SerializedBundle {
+export function fromEntryTexts(texts: readonly { readonly fullUrl?: string; readonly shared?: true; readonly json: string }[]): SerializedBundle {
   let at = HEAD.length;
-  const entries = texts.map(({ fullUrl, json }) => {
+  const entries = texts.map(({ fullUrl, shared, json }) => {
     const end = at + Buffer.byteLength(json);
-    const entry: SerializedEntry = { ...(fullUrl !== undefined ? { fullUrl } : {}), start: at, end };
+    const entry: SerializedEntry = { ...(fullUrl !== undefined ? { fullUrl } : {}), ...(shared ? { shared } : {}), start: at, end };
     at = end + COMMA.length;
     return entry;
   });

@@ -3,7 +3,7 @@ import type { RecordProblem, SourceRecord } from '../source/record.ts';
 import type { CompiledMapping, CompiledRule } from './compile.ts';
 import { FieldError } from './errors.ts';
 import { EvalContext, isTrue } from './expression.ts';
-import { fullUrlFor, identifierShape } from './identity.ts';
+import { checkBusinessKey, fullUrlFor, identifierShape } from './identity.ts';
 
 /** One resource the mapping made, with where it came from. */
 export interface MappedResource {
@@ -112,6 +112,13 @@ class SubjectMapper {
         if (clash) {
           // One business identifier, two source records: a silent overwrite would lose one of them.
           for (const m of members) this.reject(m, rule.key?.field ?? 'key', `another record (${clash.records[0].file} row ${clash.records[0].row}) already makes this ${rule.id}`, key);
+          continue;
+        }
+        try {
+          // A key no server can be searched for exactly (control characters, '|') would match another resource.
+          checkBusinessKey(rule.type, rule.identifierSystem, key);
+        } catch (err) {
+          for (const m of members) this.reject(m, rule.key?.field ?? 'key', (err as Error).message, key);
           continue;
         }
         const identifier = { system: rule.identifierSystem, value: key };

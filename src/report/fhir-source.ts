@@ -5,6 +5,7 @@
  */
 import type { Bundle, BundleEntry, Patient, Resource, ResearchStudy, ResearchSubject } from '@medplum/fhirtypes';
 import { FhirHttpError, outcomeText, type FhirClient } from '../delivery/client.ts';
+import { escapeSearchValue } from '../mapping/identity.ts';
 
 /** The mRECIST overall-response Observations of the trial (other Observations of the same patients are not read). */
 export const RESPONSE_OBSERVATION_CODE = 'https://trialbridge.dev/fhir/ldccrt-hcc-p2/CodeSystem/observation|mrecist-overall-response';
@@ -165,9 +166,14 @@ function chunks<T>(list: readonly T[], size: number): T[][] {
   return out;
 }
 
-/** `system|value` or a bare value (any system). */
+/**
+ * `system|value` or a bare value (any system). The first `|` separates system from value; each part is
+ * escaped (`\\ , | $`) so that a `,` in it is no OR and a further `|` is part of the value.
+ */
 async function findStudy(reader: SearchReader, identifier: string): Promise<ResearchStudy> {
-  const studies = (await reader.search('ResearchStudy', { identifier }))
+  const bar = identifier.indexOf('|');
+  const token = bar < 0 ? escapeSearchValue(identifier) : `${escapeSearchValue(identifier.slice(0, bar))}|${escapeSearchValue(identifier.slice(bar + 1))}`;
+  const studies = (await reader.search('ResearchStudy', { identifier: token }))
     .map((e) => e.resource)
     .filter((r): r is ResearchStudy => r?.resourceType === 'ResearchStudy');
   if (studies.length === 0) throw new StudyNotFoundError(`no ResearchStudy with identifier ${identifier} on the server`);
@@ -184,7 +190,7 @@ export async function readStudy(client: FhirClient, identifier: string, options:
 
   const researchSubjects: ResearchSubject[] = [];
   const patients = new Map<string, Patient>();
-  for (const entry of await reader.search('ResearchSubject', { study: studyRef, _include: 'ResearchSubject:individual' })) {
+  for (const entry of await reader.search('ResearchSubject', { study: escapeSearchValue(studyRef), _include: 'ResearchSubject:individual' })) {
     const resource = entry.resource;
     if (resource?.resourceType === 'ResearchSubject') researchSubjects.push(resource);
     else if (resource?.resourceType === 'Patient') patients.set(resourceKey(resource), resource);
@@ -193,14 +199,15 @@ export async function readStudy(client: FhirClient, identifier: string, options:
   // A server without _include support answers the subjects alone: read their Patients by id.
   const missing = patientRefs.filter((ref) => !patients.has(ref));
   for (const batch of chunks(missing, batchSize)) {
-    for (const entry of await reader.search('Patient', { _id: batch.map((ref) => ref.slice('Patient/'.length)).join(',') })) {
+    // Ids come from the server's answers: escaped, so that an id holding `,` stays one id.
+    for (const entry of await reader.search('Patient', { _id: batch.map((ref) => escapeSearchValue(ref.slice('Patient/'.length))).join(',') })) {
       if (entry.resource?.resourceType === 'Patient') patients.set(resourceKey(entry.resource), entry.resource);
     }
   }
 
   const byPatient = new Map<string, Resource[]>(patientRefs.map((ref) => [ref, []]));
   for (const batch of chunks(patientRefs, batchSize)) {
-    const pages = await Promise.all(CLINICAL_SEARCHES.map((s) => reader.search(s.type, { subject: batch.join(','), ...s.params(studyRef) })));
+    const pages = await Promise.all(CLINICAL_SEARCHES.map((s) => reader.search(s.type, { subject: batch.map(escapeSearchValue).join(','), ...s.params(escapeSearchValue(studyRef)) })));
     for (const entry of pages.flat()) {
       const resource = entry.resource as (Resource & { subject?: { reference?: string } }) | undefined;
       if (!resource || entry.search?.mode === 'include') continue;
