@@ -139,6 +139,7 @@ figure.km { margin: 1rem 0 2rem; }
 table.at-risk { font-size: 0.85em; margin-top: 0; }
 .methods dt { font-weight: 600; margin-top: 0.5rem; }
 .methods dd { margin-left: 1rem; }
+.warnings { border: 2px solid #b00020; background: #fdecea; padding: 0.5rem 1rem; margin: 1rem 0; }
 `;
 
 /** The whole page. */
@@ -173,6 +174,7 @@ export function renderReportHtml(report: StudyReport): string {
 <p class="meta">Study ${escapeHtml(report.study.identifier)}${report.study.status ? ` (${escapeHtml(report.study.status)})` : ''} ·
 ${report.pooled.subjects} subjects at ${report.sites.length} sites · read from ${escapeHtml(report.study.server)} in ${report.study.requests} FHIR searches ·
 generated ${escapeHtml(report.generated)}</p>
+${(report.warnings ?? []).length > 0 ? `<div class="warnings" role="alert"><strong>The data looks incomplete</strong><ul>${report.warnings.map((w) => `<li>${escapeHtml(w)}</li>`).join('')}</ul></div>` : ''}
 <h2>Key results</h2>
 ${keyResults(report, groups)}
 <h2>Survival</h2>

@@ -16,6 +16,7 @@ import {
   type SubjectFacts,
   type TrialFigures,
 } from './figures.ts';
+import { completenessWarnings } from './completeness.ts';
 import type { StudySource, StudySubject } from './fhir-source.ts';
 import { atRiskAt, DAYS_PER_MONTH, daysToMonths, KAPLAN_MEIER_METHOD, kaplanMeier, type SurvivalPoint } from './kaplan-meier.ts';
 
@@ -93,6 +94,8 @@ export interface StudyReport {
   pooled: GroupReport;
   bySite: GroupReport[];
   methods: Record<string, string>;
+  /** Signs that the server's data is incomplete (completeness.ts): counts only, empty when none. */
+  warnings: string[];
 }
 
 export const POOLED = 'pooled';
@@ -292,8 +295,9 @@ function groupReport(group: string, facts: readonly SubjectFacts[], cat: Catalog
 /** The report of a study read from a server. */
 export function buildStudyReport(source: StudySource, context: { identifier: string; server: string; generated?: Date }): StudyReport {
   const namespace = trialNamespace(source.study);
+  const subjectSites = source.subjects.map((s) => siteOf(s, namespace));
   const subjects = source.subjects
-    .map((s) => ({ site: siteOf(s, namespace), facts: subjectFacts(s.resources) }))
+    .map((s, i) => ({ site: subjectSites[i], facts: subjectFacts(s.resources) }))
     .filter((s): s is { site: string; facts: SubjectFacts } => s.facts !== undefined);
   const all = subjects.map((s) => s.facts);
   const cat = catalogue(all);
@@ -311,5 +315,6 @@ export function buildStudyReport(source: StudySource, context: { identifier: str
     pooled: groupReport(POOLED, all, cat),
     bySite: sites.map((site) => groupReport(site, subjects.filter((s) => s.site === site).map((s) => s.facts), cat)),
     methods: REPORT_METHODS,
+    warnings: completenessWarnings(source, (i) => subjectSites[i]),
   };
 }

@@ -24,5 +24,6 @@ export function formatReportSummary(report: StudyReport): string {
   ];
   const pvi = p.survival.portalVeinInvasion;
   if (pvi && pvi.n > 0) lines.push(`  portal vein invasion Vp3/Vp4 (n=${pvi.n}): median OS ${formatMedian(pvi.os)}, PFS ${formatMedian(pvi.pfs)} months`);
-  return lines.join('\n');
+  // First, where nobody can miss them: figures from incomplete data look like any others.
+  return [...(report.warnings ?? []).map((w) => `WARNING: the data looks incomplete: ${w}`), ...lines].join('\n');
 }
