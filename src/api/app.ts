@@ -32,6 +32,7 @@ import { ApiError, closeAfterResponse, createErrorHandler, notFound, sendError }
 import { ApiKeyStore, keyMatchesHash } from './keys.ts';
 import { createMetrics, type ApiMetrics } from './metrics.ts';
 import { openApiDocument } from './openapi.ts';
+import { pathIdCandidates, submissionSubjects } from './subjects.ts';
 
 export interface CreateAppOptions {
   readonly pipeline: QueuePipeline;
@@ -345,20 +346,28 @@ export function createApp(options: CreateAppOptions): ApiApp {
     res.json({ submission: id, deadLetters: letters.map(deadLetterSummary) });
   });
 
-  const siteDeadLetter = async (res: Response, id: string): Promise<DeadLetter> => {
-    const letter = await pipeline.deadLetters.show(id);
-    if (!letter) throw new ApiError(404, 'unknown_dead_letter', `no dead letter '${id}'`);
-    if (letter.site !== (res.locals as Locals).site) throw new ApiError(403, 'forbidden', `dead letter '${id}' belongs to another site`);
-    return letter;
+  /** The dead letter a path names: its id as returned (raw), or percent-encoded once more. */
+  const siteDeadLetter = async (req: Request, res: Response): Promise<DeadLetter> => {
+    const candidates = pathIdCandidates(req, 'id');
+    for (const id of candidates) {
+      const letter = await pipeline.deadLetters.show(id);
+      if (letter && letter.site === (res.locals as Locals).site) return letter;
+    }
+    throw new ApiError(404, 'unknown_dead_letter', `no dead letter '${candidates[0]}'`);
   };
 
+  app.get('/v1/submissions/:id/subjects', async (req, res) => {
+    const id = String(req.params.id);
+    res.json(await submissionSubjects(pipeline, id, await submissionSite(res, id)));
+  });
+
   app.get('/v1/dead-letters/:id', async (req, res) => {
-    res.json(await siteDeadLetter(res, String(req.params.id)));
+    res.json(await siteDeadLetter(req, res));
   });
 
   app.post('/v1/dead-letters/:id/replay', async (req, res) => {
-    const id = String(req.params.id);
-    const letter = await siteDeadLetter(res, id);
+    const letter = await siteDeadLetter(req, res);
+    const id = letter.id;
     const result = await pipeline.replay(id);
     audit.info(
       { event: 'dead-letter.replayed', keyId: (res.locals as Locals).keyId, site: letter.site, submission: letter.submissionId, deadLetter: id, replayed: result.replayed.length },

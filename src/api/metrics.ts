@@ -2,13 +2,15 @@
  * Prometheus metrics on a registry of their own (so several apps in one process do not collide):
  * default process metrics, BullMQ job counts by queue and state (read at scrape time with getJobCounts),
  * deliveries by destination and outcome (from the delivery queues' completed events, so deliveries made by
- * workers in any process are counted — each API process counts all of them, from the time it started), and
- * an HTTP request latency histogram.
+ * workers in any process are counted — each API process counts all of them, from the time it started),
+ * destinations' backoff incidents and concurrency limits (read from Redis, shared by all workers), and an
+ * HTTP request latency histogram.
  */
 import { QueueEvents, type Queue } from 'bullmq';
 import { pipelineRedisOptions } from '../queue/pipeline.ts';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Logger } from '../log.ts';
+import { pacingMetrics } from '../delivery/pacing.ts';
 import type { QueuePipeline } from '../queue/pipeline.ts';
 import type { DeliveryJobResult } from '../queue/stages.ts';
 
@@ -49,6 +51,8 @@ export function createMetrics(pipeline: QueuePipeline, logger?: Logger): ApiMetr
     registers: [registry],
   });
   for (const d of destinations) for (const outcome of ['delivered', 'dead-lettered']) deliveries.inc({ destination: d, outcome }, 0);
+  // Backoff incidents and current concurrency limits of every destination, from the state the workers share.
+  pacingMetrics(registry, pipeline.context.config.destinations.map((d) => pipeline.context.pacer(d)));
   const requestDuration = new Histogram({
     name: 'trialbridge_http_request_duration_seconds',
     help: 'HTTP request latency by method, route and status',

@@ -49,6 +49,14 @@ export function openApiDocument(): Record<string, unknown> {
           responses: { '200': { description: 'The submission', content: json(ref('Submission')) }, ...errors(401, 403, 404) },
         },
       },
+      '/v1/submissions/{id}/subjects': {
+        get: {
+          operationId: 'getSubmissionSubjects',
+          summary: "Each subject's state per destination: delivered, dead-lettered (with the dead letters' ids, usable as they are in /v1/dead-letters/{id}), pending or not-for-destination",
+          parameters: [idParam('id', 'Submission id')],
+          responses: { '200': { description: 'The subjects', content: json(ref('SubmissionSubjects')) }, ...errors(401, 404) },
+        },
+      },
       '/v1/submissions/{id}/replay': {
         post: {
           operationId: 'replaySubmission',
@@ -216,6 +224,29 @@ export function openApiDocument(): Record<string, unknown> {
           allOf: [ref('DeadLetterSummary')],
           type: 'object',
           properties: { submissionId: { type: 'string' }, site: { type: 'string' }, subject: { type: 'string' }, jobId: { type: 'string' }, outcome: { type: 'object', description: 'FHIR OperationOutcome' } },
+        },
+        SubmissionSubjects: {
+          type: 'object',
+          required: ['submission', 'site', 'subjects', 'counts'],
+          properties: {
+            submission: { type: 'string' },
+            site: { type: 'string' },
+            subjects: {
+              type: 'array',
+              items: {
+                type: 'object',
+                required: ['subject', 'destination', 'state'],
+                properties: {
+                  subject: { type: 'string', description: "The subject's key in the site's export" },
+                  destination: { type: 'string' },
+                  state: { enum: ['delivered', 'dead-lettered', 'pending', 'not-for-destination'] },
+                  deadLetters: { type: 'array', items: { type: 'string' }, description: 'Ids of the dead letters holding it back (dead-lettered only)' },
+                  deliveredBy: { type: 'string', description: 'The earlier submission that delivered the same data (this one was a duplicate)' },
+                },
+              },
+            },
+            counts: { type: 'object', additionalProperties: { type: 'integer' } },
+          },
         },
         ReplayResult: {
           type: 'object',

@@ -5,6 +5,7 @@ import { registerCheckMapping } from './check-mapping.ts';
 import { registerDemo } from './demo.ts';
 import { registerDlq } from './dlq.ts';
 import { registerMap } from './map.ts';
+import { registerReconcile } from './reconcile.ts';
 import { registerReport } from './report.ts';
 import { registerServe } from './serve.ts';
 import { registerTestMappings } from './test-mappings.ts';
@@ -25,6 +26,7 @@ registerWorker(program);
 registerDlq(program);
 registerServe(program);
 registerReport(program);
+registerReconcile(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -7,6 +7,7 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } fro
 import type { AuthConfig } from './auth/index.ts';
 import { parsePrivateKey } from './auth/smart-backend-services.ts';
 import { describeSchemaError } from '../schema-errors.ts';
+import type { VerifyMode } from './verify.ts';
 import { conditionalUrl } from '../mapping/identity.ts';
 import { DEFAULT_PACING, type PacingSettings } from './pacing.ts';
 import {
@@ -115,6 +116,11 @@ export interface Destination {
   readonly tls?: { readonly caFile: string; readonly ca: string };
   /** Stop sending for `openMs` after `failures` consecutive failures. */
   readonly circuitBreaker: { readonly failures: number; readonly openMs: number };
+  /**
+   * Read-back after delivery (delivery/verify.ts): `off` (default), `sample` (a fixed one subject in 10) or
+   * `all`; a subject whose resources are not all found is not delivered (retried, then dead-lettered).
+   */
+  readonly verify: VerifyMode;
   /** Bundles are pseudonymised (pseudonymise.ts) before they leave; default true for sponsors. */
   readonly pseudonymise: boolean;
   /** HMAC key of the pseudonyms; present exactly when `pseudonymise`. */
@@ -161,6 +167,7 @@ export const DEFAULTS = {
   timeoutMs: 30_000,
   retry: { attempts: 5, requestAttempts: 3, baseMs: 500, maxMs: 30_000 },
   circuitBreaker: { failures: 5, openMs: 60_000 },
+  verify: 'off',
 } as const;
 
 const SECRET_REF = { $ref: '#/$defs/secret' };
@@ -259,6 +266,7 @@ export const destinationsSchema = {
           additionalProperties: false,
           properties: { failures: positiveInt, openMs: positiveInt },
         },
+        verify: { enum: ['off', 'sample', 'all'] },
         pseudonymise: { type: 'boolean' },
         pseudonymisationKey: SECRET_REF,
         auth: {
@@ -537,6 +545,7 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
       retry,
       ...(tls ? { tls } : {}),
       circuitBreaker: { ...DEFAULTS.circuitBreaker, ...(d.circuitBreaker as object | undefined) },
+      verify: (d.verify as VerifyMode | undefined) ?? DEFAULTS.verify,
       pseudonymise,
       pseudonymisationKey,
       auth: auth as unknown as AuthConfig,
@@ -626,6 +635,7 @@ export function destinationWithDefaults(init: Pick<Destination, 'name' | 'kind' 
     timeoutMs: DEFAULTS.timeoutMs,
     retry: DEFAULTS.retry,
     circuitBreaker: DEFAULTS.circuitBreaker,
+    verify: DEFAULTS.verify,
     pseudonymise: init.pseudonymisationKey !== undefined,
     auth: { type: 'none' },
     source: { file: '(code)' },

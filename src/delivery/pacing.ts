@@ -436,3 +436,23 @@ export function pacingMetrics(registry: Registry, pacers: readonly Pacer[]): voi
     },
   });
 }
+
+/**
+ * What a delivery's outcome says about load. Read from the error's `kind` (DeliveryRetryableError: throttle,
+ * conflict) and, for errors without one, from its HTTP status; a delivered bundle is a success; a rejection of
+ * the data, an unusable answer or a network failure says nothing about load.
+ */
+export function paceSignal(outcome: { readonly value: { readonly outcome: string } } | { readonly error: unknown }): PaceSignal {
+  if ('value' in outcome) return outcome.value.outcome === 'delivered' ? { kind: 'success' } : { kind: 'neutral' };
+  const e = outcome.error as { kind?: unknown; status?: unknown; retryAfterMs?: unknown } | null;
+  const status = typeof e?.status === 'number' ? e.status : undefined;
+  const kind = e?.kind === 'throttle' || e?.kind === 'conflict' ? e.kind : status === 429 ? 'throttle' : status === 409 ? 'conflict' : undefined;
+  if (!kind) return { kind: 'neutral' };
+  return { kind, ...(status !== undefined ? { status } : {}), ...(typeof e?.retryAfterMs === 'number' ? { retryAfterMs: e.retryAfterMs } : {}) };
+}
+
+/** The one log line of an incident (never a subject or a value: destination, answer kind, limits, wait). */
+export function incidentLine(incident: PacingIncident): string {
+  const wait = incident.retryAfterMs !== undefined ? `, server asks to wait ${incident.retryAfterMs} ms` : '';
+  return `destination ${incident.destination}: backing off after a ${incident.kind}${incident.status ? ` (${incident.status})` : ''}: concurrency ${incident.previousLimit} -> ${incident.limit}${wait}`;
+}

@@ -45,6 +45,7 @@ import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { Redis } from 'ioredis';
 import type { Destination } from '../delivery/destinations.ts';
 import { fromStoredBundle, type SerializedEntry, type StoredBundle } from '../delivery/serialized-bundle.ts';
+import { RedisPacer } from '../delivery/pacing.ts';
 import { RedisBundles } from './bundle-store.ts';
 import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
 import { queueNames, DEFAULT_PREFIX, type QueueNames } from './names.ts';
@@ -229,7 +230,10 @@ export class QueuePipeline {
   constructor(options: QueuePipelineOptions) {
     this.#options = options;
     this.names = queueNames(options.prefix ?? DEFAULT_PREFIX);
-    this.context = new PipelineContext(options);
+    // Each destination's concurrency is one limit for every worker process, kept in Redis (delivery/pacing.ts).
+    const pacerFor = (d: Destination) =>
+      new RedisPacer(this.redis, this.names.prefix, d.name, { concurrency: d.concurrency, settings: d.pacing, now: options.now, onIncident: this.context.onBackoff });
+    this.context = new PipelineContext({ pacerFor, ...options });
     this.#connection = pipelineRedisOptions(options.connection);
     this.redis = new Redis({ ...this.#connection });
     this.#watchConnection();

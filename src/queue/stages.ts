@@ -11,6 +11,7 @@ import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../deliv
 import type { FhirClient } from '../delivery/client.ts';
 import { destinationClient } from '../delivery/destination-client.ts';
 import { TransactionBatcher } from '../delivery/batcher.ts';
+import { incidentLine, MemoryPacer, paced, paceSignal, type Pacer, type PacingIncident } from '../delivery/pacing.ts';
 import { DeliveryRetryableError, type DeliverOptions, type DeliveryResult } from '../delivery/deliver.ts';
 import { serializeBundle, type SerializedBundle } from '../delivery/serialized-bundle.ts';
 import type { Destination } from '../delivery/destinations.ts';
@@ -142,8 +143,14 @@ export interface PipelineConfig {
   readonly clientFor?: (destination: Destination) => FhirClient;
   /** Extra deliverBundle options (tests inject `sleep`). */
   readonly deliverOptions?: Partial<DeliverOptions>;
-  /** Clock of the circuit breakers (default Date.now). */
+  /** Clock of the circuit breakers and of in-memory pacing (default Date.now). */
   readonly now?: () => number;
+  /**
+   * The pacer of a destination (delivery/pacing.ts): QueuePipeline's share its limit through Redis; by default
+   * each destination is paced in memory, and each incident is logged once (`onBackoff`, default a line on stderr).
+   */
+  readonly pacerFor?: (destination: Destination) => Pacer;
+  readonly onBackoff?: (incident: PacingIncident) => void;
 }
 
 /** Prepared configuration: lookups and one FHIR client per destination. */
@@ -153,6 +160,7 @@ export class PipelineContext {
   readonly #destinations = new Map<string, Destination>();
   readonly #clients = new Map<string, FhirClient>();
   readonly #batchers = new Map<string, TransactionBatcher>();
+  readonly #pacers = new Map<string, Pacer>();
   /** Per process: each worker process judges a destination by what it saw itself. */
   readonly breakers: CircuitBreakers;
 
@@ -215,6 +223,21 @@ export class PipelineContext {
   breaker(destination: Destination): CircuitBreaker {
     return this.breakers.for(destination);
   }
+
+  pacer(destination: Destination): Pacer {
+    let pacer = this.#pacers.get(destination.name);
+    if (!pacer) {
+      pacer = this.config.pacerFor?.(destination) ?? new MemoryPacer(destination.name, { concurrency: destination.concurrency, settings: destination.pacing, now: this.config.now, onIncident: this.onBackoff });
+      this.#pacers.set(destination.name, pacer);
+    }
+    return pacer;
+  }
+
+  /** One line per incident (entering backoff), never per retry. */
+  readonly onBackoff = (incident: PacingIncident): void => {
+    if (this.config.onBackoff) this.config.onBackoff(incident);
+    else console.error(incidentLine(incident));
+  };
 
   deliverOptions(destination: Destination): DeliverOptions {
     return {
@@ -476,7 +499,8 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
   if (!breaker.tryAcquire()) throw new CircuitOpenError(destination.name, breaker.retryAfterMs());
   let result;
   try {
-    result = await ctx.deliver(destination, data.bundle);
+    // Within the destination's shared limit and after any wait its server asked for (delivery/pacing.ts).
+    result = await paced(ctx.pacer(destination), () => ctx.deliver(destination, data.bundle), paceSignal);
     // A rejection of the data is an answer: the server is up.
     breaker.success();
   } catch (error) {
