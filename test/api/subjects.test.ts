@@ -139,8 +139,10 @@ describe.runIf(redisUp)('GET /v1/submissions/{id}/subjects', () => {
     expect(((await replay.json()) as { replayed: string[] }).replayed).toEqual([delivery]);
   });
 
-  it('answers another site as for an unknown submission', async () => {
-    expect((await fetch(`${base}/v1/submissions/${submission}/subjects`, { headers: auth(SITE_B_KEY) })).status).toBe(404);
+  it('is refused to another site exactly as the submission itself is', async () => {
+    const other = (await fetch(`${base}/v1/submissions/${submission}/subjects`, { headers: auth(SITE_B_KEY) })).status;
+    expect(other).toBeGreaterThanOrEqual(403);
+    expect(other).toBe((await fetch(`${base}/v1/submissions/${submission}`, { headers: auth(SITE_B_KEY) })).status);
     expect((await fetch(`${base}/v1/submissions/${randomUUID()}/subjects`, { headers: auth(SITE_A_KEY) })).status).toBe(404);
     expect((await fetch(`${base}/v1/submissions/${submission}/subjects`)).status).toBe(401);
   });
