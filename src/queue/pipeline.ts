@@ -71,6 +71,8 @@ import {
   type ReplayPayload,
 } from './stages.ts';
 import { RedisSubmissions, type SubmissionCounters } from './submissions.ts';
+import { RedisDelivered } from './delivered.ts';
+import { RedisSubjectStates } from './subject-states.ts';
 
 /**
  * A delivery job's data in BullMQ: its bundle's bytes are kept beside it (RedisBundles), the job says where the
@@ -145,7 +147,13 @@ export interface QueuePipelineOptions extends PipelineConfig {
    * How long finished jobs are kept (and so deduplicate re-submissions), and dead letters with their replay
    * payloads (default RETENTION_SECONDS, 30 days after they were written).
    */
-  readonly retention?: { readonly completedSeconds?: number; readonly failedSeconds?: number; readonly deadLetterSeconds?: number };
+  readonly retention?: {
+    readonly completedSeconds?: number;
+    readonly failedSeconds?: number;
+    readonly deadLetterSeconds?: number;
+    /** How long what was delivered per subject (business identifiers, the bundle sent) is kept for reconcile. */
+    readonly deliveredSeconds?: number;
+  };
   /** Attempts of a mapping job (default 3: only a crash or a bug fails one). */
   readonly mappingAttempts?: number;
   /** Worker settings. */
@@ -216,6 +224,10 @@ export class QueuePipeline {
   readonly submissions: RedisSubmissions;
   readonly deadLetters: RedisDeadLetters;
   readonly bundles: RedisBundles;
+  /** What was delivered per destination and subject (for reconcile). */
+  readonly delivered: RedisDelivered;
+  /** Where each subject of a submission stands per destination. */
+  readonly subjectStates: RedisSubjectStates;
   readonly redis: Redis;
   readonly #options: QueuePipelineOptions;
   readonly #mappingQueue: Queue;
@@ -240,11 +252,20 @@ export class QueuePipeline {
     this.submissions = new RedisSubmissions(this.redis, this.names);
     this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions, options.retention?.deadLetterSeconds);
     this.bundles = new RedisBundles(this.redis, this.names);
+    this.delivered = new RedisDelivered(this.redis, this.names, options.retention?.deliveredSeconds);
+    this.subjectStates = new RedisSubjectStates(this.redis, this.names);
     const submissions = this.submissions;
     const deadLetters = this.deadLetters;
+    const delivered = this.delivered;
+    const subjectStates = this.subjectStates;
     this.#store = {
       count: (id, onceKey, increments) => submissions.count(id, onceKey, increments),
       deadLetter: (entries, payload) => deadLetters.deadLetter(entries, payload),
+      subjects: (id, states) => subjectStates.set(id, states),
+      delivered: async (origin, bundle) => {
+        await delivered.record(origin, bundle);
+        await subjectStates.set(origin.submissionId, [{ subject: origin.subject, destination: origin.destination, state: 'delivered' }]);
+      },
     };
     const retention = {
       removeOnComplete: { age: options.retention?.completedSeconds ?? 24 * 3600 },
@@ -415,6 +436,7 @@ export class QueuePipeline {
       chunk.forEach((job, j) => mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added: !exists[j] }));
     }
     const queued = mappingJobs.filter((j) => j.added).length;
+    await this.subjectStates.set(submissionId, mappingJobs.map((j) => ({ subject: j.subject, state: j.added ? 'submitted' : 'duplicate' })));
     const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
     // Counted once under a key of this call: a command ioredis sends again after a reconnection (its answer
     // lost in a crash) does not count the export twice.

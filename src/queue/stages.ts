@@ -23,7 +23,10 @@ import { readSourceRecords } from '../mapping/records.ts';
 import type { RecordProblem, SourceRecord } from '../source/record.ts';
 import { describeIssue } from '../validation/base.ts';
 import type { ResourceValidator } from '../validation/validator.ts';
+import { DeliveryVerificationError, shouldVerify, verifyDelivered } from '../delivery/verify.ts';
+import type { DeliveryOrigin } from './delivered.ts';
 import { deliveryJobId, mappingJobId, recordsHash } from './job-ids.ts';
+import type { SubjectStateUpdate } from './subject-states.ts';
 
 /** Data of a mapping job: one subject's records (plain data, JSON-safe). */
 export interface MappingJobData {
@@ -93,6 +96,10 @@ export interface PipelineStore {
    * one payload for all of them, however many records of the subject were rejected.
    */
   deadLetter(entries: DeadLetter | readonly DeadLetter[], payload?: ReplayPayload): Promise<void>;
+  /** Where subjects stand per destination, for `GET /v1/submissions/{id}/subjects` (optional: not kept in process). */
+  subjects?(submissionId: string, states: readonly SubjectStateUpdate[]): Promise<void>;
+  /** A subject delivered: its business identifiers and the bundle sent, for `reconcile` (optional: not kept in process). */
+  delivered?(origin: DeliveryOrigin, bundle: SerializedBundle): Promise<void>;
 }
 
 /** Counter names (fields of the submission hash). Per destination: `<name>:<destination>`. */
@@ -344,8 +351,11 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
   const subject = result.subjects[0];
   const deliveries: { destination: string; jobId: string; added: boolean }[] = [];
   const increments: Record<string, number> = { [COUNTERS.recordsRejected]: new Set(result.problems.map((p) => `${p.file}#${p.row}`)).size };
+  const states: SubjectStateUpdate[] = [];
+  const state = (destination: Destination, value: SubjectStateUpdate['state']) => states.push({ subject: data.subject, destination: destination.name, state: value });
   if (!subject) {
     increments[COUNTERS.subjectsRejected] = 1;
+    states.push({ subject: data.subject, state: 'rejected' });
   } else {
     increments[COUNTERS.mapped] = 1;
     const bundle = subjectBundle(mapping, subject, { recorded: data.recorded });
@@ -354,6 +364,7 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
       if (!allowed) {
         const skipped = perDestination(COUNTERS.notForDestination, destination.name);
         increments[skipped] = (increments[skipped] ?? 0) + 1;
+        state(destination, 'not-for-destination');
         continue;
       }
       const sent = destination.pseudonymise ? pseudonymiseBundle(allowed, destination.pseudonymisationKey!.reveal()) : allowed;
@@ -380,15 +391,18 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
             },
           );
           increments[perDestination(COUNTERS.deadLettered, destination.name)] = 1;
+          state(destination, 'dead-lettered');
           continue;
         }
       }
       const added = await enqueue(deliveryId, { submissionId: data.submissionId, destination: destination.name, site: data.site, subject: data.subject, bundle: serialized, origin: jobId });
       deliveries.push({ destination: destination.name, jobId: deliveryId, added });
+      state(destination, added ? 'pending' : 'duplicate');
       const counter = perDestination(added ? COUNTERS.deliveryQueued : COUNTERS.deliveryDuplicates, destination.name);
       increments[counter] = (increments[counter] ?? 0) + 1;
     }
   }
+  await store.subjects?.(data.submissionId, states);
   await store.count(data.submissionId, `${jobId}|mapped`, increments);
   return { mapped: subject !== undefined, recordsRejected: increments[COUNTERS.recordsRejected], deliveries };
 }
@@ -409,6 +423,7 @@ export async function mappingJobFailed(store: PipelineStore, jobId: string, data
     },
     { kind: 'map', data },
   );
+  await store.subjects?.(data.submissionId, [{ subject: data.subject, state: 'dead-lettered' }]);
   await store.count(data.submissionId, `${jobId}|mapped`, { [COUNTERS.mappingFailed]: 1 });
 }
 
@@ -466,6 +481,7 @@ async function deliveryDeadLetter(
     },
     payload,
   );
+  await store.subjects?.(data.submissionId, [{ subject: data.subject, destination: data.destination, state: 'dead-lettered' }]);
   await store.count(data.submissionId, deliveryDoneKey(jobId), { [perDestination(COUNTERS.deadLettered, data.destination)]: 1 });
 }
 
@@ -513,6 +529,14 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
     const rejection = result.rejection!;
     return deadLetter(rejection.message, rejection.status, rejection.outcome);
   }
+  // Read-back (verify: sample | all): a subject the server does not show is not delivered; sent again, then dead-lettered.
+  const unconfirmed = shouldVerify(destination.verify, destination.name, data.site, data.subject) ? await verifyDelivered(ctx.client(destination), data.bundle) : undefined;
+  if (unconfirmed !== undefined) {
+    if (!finalAttempt) throw new DeliveryVerificationError(unconfirmed);
+    return deadLetter(unconfirmed);
+  }
+  const trial = ctx.config.mappings.find((m) => m.site === data.site)?.spec.trial.id;
+  await store.delivered?.({ destination: data.destination, site: data.site, subject: data.subject, submissionId: data.submissionId, jobId, deliveredAt: new Date().toISOString(), ...(trial ? { trial } : {}) }, data.bundle);
   await store.count(data.submissionId, deliveryDoneKey(jobId), { [perDestination(COUNTERS.delivered, data.destination)]: 1 });
   return { outcome: 'delivered' };
 }
