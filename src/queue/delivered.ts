@@ -20,10 +20,10 @@ import { gunzipSync, gzipSync } from 'node:zlib';
 import type { Redis } from 'ioredis';
 import type { SerializedBundle, SerializedEntry } from '../delivery/serialized-bundle.ts';
 import { bundleEntries, bundleIdentifiers, type DeliveredIdentifier } from '../delivery/verify.ts';
-import { encodeNamePart, type QueueNames } from './names.ts';
+import { encodeNamePart, RETENTION_SECONDS, type QueueNames } from './names.ts';
 
-/** How long a delivery record is kept after the subject's last delivery (as long as counters and dead letters). */
-export const DELIVERED_TTL_SECONDS = 30 * 24 * 3600;
+/** How long a delivery record is kept after the subject's last delivery: the retention of all delivery data. */
+export const DELIVERED_TTL_SECONDS = RETENTION_SECONDS;
 
 /** Which delivery of which subject: what the delivery stage knows when a bundle has been delivered. */
 export interface DeliveryOrigin {

@@ -151,7 +151,7 @@ export interface QueuePipelineOptions extends PipelineConfig {
     readonly completedSeconds?: number;
     readonly failedSeconds?: number;
     readonly deadLetterSeconds?: number;
-    /** How long what was delivered per subject (business identifiers, the bundle sent) is kept for reconcile. */
+    /** How long what was delivered per subject (business identifiers, the bundle sent) is kept for reconcile (default: as dead letters). */
     readonly deliveredSeconds?: number;
   };
   /** Attempts of a mapping job (default 3: only a crash or a bug fails one). */
@@ -252,7 +252,7 @@ export class QueuePipeline {
     this.submissions = new RedisSubmissions(this.redis, this.names);
     this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions, options.retention?.deadLetterSeconds);
     this.bundles = new RedisBundles(this.redis, this.names);
-    this.delivered = new RedisDelivered(this.redis, this.names, options.retention?.deliveredSeconds);
+    this.delivered = new RedisDelivered(this.redis, this.names, options.retention?.deliveredSeconds ?? options.retention?.deadLetterSeconds);
     this.subjectStates = new RedisSubjectStates(this.redis, this.names);
     const submissions = this.submissions;
     const deadLetters = this.deadLetters;

@@ -15,7 +15,7 @@
  */
 import type { Redis } from 'ioredis';
 import type { RedisDelivered } from './delivered.ts';
-import { encodeNamePart, type QueueNames } from './names.ts';
+import { encodeNamePart, RETENTION_SECONDS, type QueueNames } from './names.ts';
 import type { DeadLetter } from './stages.ts';
 
 export type MappingState = 'submitted' | 'duplicate' | 'rejected' | 'dead-lettered';
@@ -45,14 +45,13 @@ export interface SubjectState {
 }
 
 const END_STATES: ReadonlySet<string> = new Set(['delivered', 'dead-lettered', 'rejected']);
-const STATES_TTL_SECONDS = 30 * 24 * 3600;
 
 export class RedisSubjectStates {
   readonly #redis: Redis;
   readonly #names: QueueNames;
   readonly #ttlSeconds: number;
 
-  constructor(redis: Redis, names: QueueNames, ttlSeconds = STATES_TTL_SECONDS) {
+  constructor(redis: Redis, names: QueueNames, ttlSeconds = RETENTION_SECONDS) {
     this.#redis = redis;
     this.#names = names;
     this.#ttlSeconds = ttlSeconds;
