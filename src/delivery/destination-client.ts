@@ -4,13 +4,15 @@ import type { Destination } from './destinations.ts';
 import { httpTransport } from './http-transport.ts';
 import { fetchTrusting, trustedCas } from './tls.ts';
 
-/** The FHIR client of a destination: its base URL, timeout, auth, and its own CA bundle when it has one. */
+/** The FHIR client of a destination: its base URL, timeout, answer size limit, auth, and its own CA bundle when it has one. */
 export function destinationClient(destination: Destination, options: { readonly timeoutMs?: number } = {}): FhirClient {
   // The token endpoint is usually the hospital's too: it gets the same trust.
   const fetch = destination.tls ? fetchTrusting(destination.tls.ca) : undefined;
   return new FhirClient({
     baseUrl: destination.baseUrl,
     timeoutMs: options.timeoutMs ?? destination.timeoutMs,
+    // Answers beyond it are cut off and fail the delivery (its preset's or its own maxResponseBytes).
+    maxResponseBytes: destination.maxResponseBytes,
     auth: createAuth(destination.auth, fetch ? { fetch } : {}),
     ...(destination.tls ? { transport: httpTransport({ ca: trustedCas(destination.tls.ca) }) } : {}),
   });

@@ -1,7 +1,12 @@
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { destinationClient } from './destination-client.ts';
+import { ResponseTooLargeError } from './http-transport.ts';
 import { DestinationConfigError, destinationWithDefaults, loadDestinations, type Destination } from './destinations.ts';
 import { DEFAULT_MAX_RESPONSE_BYTES, entriesPerTransaction, PRESETS, presetTable, resolveLimits, SERVER_PRESETS } from './presets.ts';
 
@@ -118,6 +123,23 @@ describe('server presets', () => {
     expect(own.issues[0]).toMatchObject({ line: 7, key: 'destinations.0.conditionalSearch' });
     const beta = load(one('google').replace('https://fhir.example/r4', 'https://healthcare.googleapis.com/v1beta1/projects/p/locations/l/datasets/d/fhirStores/s/fhir'));
     expect(beta[0].conditionalSearch).toBe('any');
+  });
+
+  it("cuts off an answer beyond the destination's maxResponseBytes", async () => {
+    const server = createServer((_req, res) => {
+      res.writeHead(200, { 'Content-Type': 'application/fhir+json' });
+      res.end(JSON.stringify({ resourceType: 'Bundle', type: 'searchset', entry: [], padding: 'x'.repeat(4096) }));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir`;
+      const [small, roomy] = [2048, 8192].map((bytes) => destinationClient(load(one('hapi', `    maxResponseBytes: ${bytes}\n`).replace('https://fhir.example/r4', baseUrl))[0]));
+      await expect(small.get('Patient')).rejects.toBeInstanceOf(ResponseTooLargeError);
+      expect((await roomy.get('Patient')).status).toBe(200);
+    } finally {
+      server.close();
+    }
   });
 
   it("README's presets table is the presets'", () => {

@@ -12,6 +12,10 @@
  *   on conditional entries is the cap that applies: `maxEntries` resolves to the smaller of the two.
  */
 
+import { DEFAULT_MAX_RESPONSE_BYTES } from './http-transport.ts';
+
+export { DEFAULT_MAX_RESPONSE_BYTES };
+
 export const SERVER_PRESETS = ['generic', 'hapi', 'azure', 'healthlake', 'google', 'medplum', 'firely', 'aidbox'] as const;
 export type ServerPreset = (typeof SERVER_PRESETS)[number];
 
@@ -31,8 +35,6 @@ export type RetryAfterSource = (typeof RETRY_AFTER_SOURCES)[number];
  */
 export type ConditionalSearch = 'any' | 'identifier-only';
 
-/** Response size limit unless a destination sets `maxResponseBytes` (answers beyond it fail the delivery). */
-export const DEFAULT_MAX_RESPONSE_BYTES = 32 * 1024 * 1024;
 
 /** The limits a preset sets; a destination's key of the same name wins. */
 export interface ServerLimits {
