@@ -507,6 +507,9 @@ export function loadDestinations(path: string, env: NodeJS.ProcessEnv = process.
     if (retry.maxMs < retry.baseMs) issue(index, ['retry', 'maxMs'], 'must be at least retry.baseMs');
     const server = (d.server as ServerPreset | undefined) ?? DEFAULTS.server;
     const limits = resolveLimits(server, pickLimits(d), d.baseUrl);
+    if (d.atomic === true && limits.atomicTransactions === false) {
+      issue(index, ['atomic'], `asks for each subject in one all-or-nothing transaction, but this server does not apply transactions atomically (atomicTransactions: false${d.atomicTransactions === undefined ? `, from server: ${server}` : ''})`);
+    }
     const tagged = tagKeyedTypes(resourceTypes);
     if (limits.conditionalSearch === 'identifier-only' && tagged.length > 0) {
       issue(

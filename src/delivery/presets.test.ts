@@ -113,6 +113,14 @@ describe('server presets', () => {
     );
   });
 
+  it('refuses atomic subjects on a server known not to apply transactions atomically', () => {
+    const error = loadError(one('firely', '    atomicTransactions: false\n    atomic: true\n'));
+    expect(error.issues.map((i) => `${i.line} ${i.key}: ${i.message}`)).toEqual([
+      '8 destinations.0.atomic: asks for each subject in one all-or-nothing transaction, but this server does not apply transactions atomically (atomicTransactions: false)',
+    ]);
+    expect(load(one('medplum', '    atomic: true\n'))[0]).toMatchObject({ atomic: true, atomicTransactions: 'detect' });
+  });
+
   it('refuses AdverseEvent and Provenance for a server that searches conditional updates by identifier only', () => {
     const error = loadError(one('google', '    resourceTypes: [Patient, AdverseEvent]\n'));
     expect(error.message).toMatch(
