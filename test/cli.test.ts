@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
+import { baseMappingDir } from './support/mapping-dir.ts';
 
 const run = promisify(execFile);
 const FIXTURE = 'mappings/site-a/tests/one-subject-with-bad-rows';
@@ -53,8 +54,8 @@ describe('trialbridge CLI', () => {
   });
 
   it('map: exit 1 with file, line and key when the mapping is malformed, before reading any input', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
-    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('extends: ldccrt-hcc-base.yaml', `extends: ${join(process.cwd(), 'mappings/ldccrt-hcc-base.yaml')}`).replace('  recordKey: row_id', '  recordKey: row_id\n  recordKye: oops');
+    const dir = await baseMappingDir('cli-');
+    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('  recordKey: row_id', '  recordKey: row_id\n  recordKye: oops');
     await writeFile(join(dir, 'broken.yaml'), text);
     const result = await trialbridge('map', '-m', join(dir, 'broken.yaml'), '/nonexistent', '-o', join(dir, 'out'));
     expect(result.code).toBe(1);
@@ -77,8 +78,8 @@ describe('trialbridge CLI', () => {
   });
 
   it('test-mappings prints a readable diff and exits 1 when a mapping no longer gives the expected resources', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'cli-'));
-    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('extends: ldccrt-hcc-base.yaml', `extends: ${join(process.cwd(), 'mappings/ldccrt-hcc-base.yaml')}`).replace('DIAR: { code: "10012735"', 'DIAR: { code: "99999999"');
+    const dir = await baseMappingDir('cli-');
+    const text = (await readFile('mappings/site-a.yaml', 'utf8')).replace('DIAR: { code: "10012735"', 'DIAR: { code: "99999999"');
     await writeFile(join(dir, 'site-a.yaml'), text);
     const fixture = join(dir, 'site-a', 'tests', 'case');
     await run('mkdir', ['-p', fixture]);

@@ -1,17 +1,17 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { AdverseEvent, Bundle, Patient, Procedure, ResearchSubject } from '@medplum/fhirtypes';
 import { mapExport } from '../src/bundle/map-export.ts';
 import { compileMapping } from '../src/mapping/compile.ts';
 import { loadMapping } from '../src/mapping/load.ts';
+import { baseMappingDir } from './support/mapping-dir.ts';
 
 /**
  * A fourth hospital, onboarded by configuration alone: an NDJSON event feed with its own field names, codes,
  * US-style dates and local times. The test writes only a mapping file and data — no TypeScript for the site.
  */
-const SITE_D_MAPPING = `extends: ${JSON.stringify(resolve('mappings/ldccrt-hcc-base.yaml'))}
+const SITE_D_MAPPING = `extends: ldccrt-hcc-base.yaml
 site: site-d
 version: 0.1.0
 source:
@@ -83,7 +83,7 @@ const EVENTS = [
 
 describe('a fourth site onboarded by a mapping file alone', () => {
   it('maps a differently shaped export (NDJSON, US dates, local times) into valid bundles and rejects the bad row', async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'site-d-'));
+    const dir = await baseMappingDir('site-d-');
     await writeFile(join(dir, 'site-d.yaml'), SITE_D_MAPPING);
     await writeFile(join(dir, 'events-2017.ndjson'), EVENTS.map((e) => JSON.stringify(e)).join('\n') + '\n');
 

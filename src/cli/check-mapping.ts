@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
+import { terminalSafe, terminalSafeLines } from './terminal.ts';
 
 export function registerCheckMapping(program: Command): void {
   program
@@ -12,10 +13,11 @@ export function registerCheckMapping(program: Command): void {
       for (const file of files) {
         try {
           const mapping = await compileMapping(await loadMapping(file));
-          console.log(`${file}: ok (site ${mapping.site}, version ${mapping.version}, ${mapping.rules.length} resource rules)`);
+          console.log(terminalSafe(`${file}: ok (site ${mapping.site}, version ${mapping.version}, ${mapping.rules.length} resource rules)`));
         } catch (err) {
           failed++;
-          console.error((err as Error).message);
+          // Messages quote the mapping file (expressions, paths): an escape sequence in it is shown, not obeyed.
+          console.error(terminalSafeLines((err as Error).message));
         }
       }
       process.exitCode = failed > 0 ? 1 : 0;

@@ -1,9 +1,12 @@
 import type { Command } from 'commander';
 import { mapExport } from '../bundle/map-export.ts';
 import { compileMapping } from '../mapping/compile.ts';
+import { MappingError } from '../mapping/errors.ts';
 import { loadMapping } from '../mapping/load.ts';
+import { SourceFileError } from '../source/raw.ts';
 import { defaultRecorded, formatSummary, writeMappedExport } from './output.ts';
 import { progress } from './progress.ts';
+import { terminalSafeLines } from './terminal.ts';
 
 interface MapOptions {
   mapping: string;
@@ -26,14 +29,25 @@ export function registerMap(program: Command): void {
     .option('--recorded <instant>', 'Provenance.recorded (default: newest modification time of the inputs)')
     .option('-p, --profile <url...>', "profiles every resource must also meet (a destination's)")
     .action(async (inputs: string[], options: MapOptions) => {
-      const mapping = await compileMapping(await loadMapping(options.mapping));
-      const recorded = options.recorded ?? (await defaultRecorded(inputs));
-      const bar = progress(`mapping ${mapping.site}`);
-      const mapped = await mapExport(mapping, inputs, { recorded, validate: options.validate, requiredProfiles: options.profile, onSubject: bar.update });
-      bar.stop();
-      await writeMappedExport(options.out, mapped, options.ndjson ?? false);
-      console.log(formatSummary(mapped));
-      console.log(`  written to ${options.out}`);
-      process.exitCode = mapped.summary.recordsRejected > 0 ? 2 : 0;
+      try {
+        await mapToFiles(inputs, options);
+      } catch (err) {
+        if (!(err instanceof MappingError || err instanceof SourceFileError)) throw err;
+        // These name files and quote the mapping: shown with control characters escaped.
+        console.error(terminalSafeLines(err.message));
+        process.exitCode = 1;
+      }
     });
+}
+
+async function mapToFiles(inputs: string[], options: MapOptions): Promise<void> {
+  const mapping = await compileMapping(await loadMapping(options.mapping));
+  const recorded = options.recorded ?? (await defaultRecorded(inputs));
+  const bar = progress(`mapping ${mapping.site}`);
+  const mapped = await mapExport(mapping, inputs, { recorded, validate: options.validate, requiredProfiles: options.profile, onSubject: bar.update });
+  bar.stop();
+  await writeMappedExport(options.out, mapped, options.ndjson ?? false);
+  console.log(formatSummary(mapped));
+  console.log(`  written to ${options.out}`);
+  process.exitCode = mapped.summary.recordsRejected > 0 ? 2 : 0;
 }

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import type { MappedExport } from '../bundle/map-export.ts';
 import { expandInputs } from '../mapping/records.ts';
 import { describeProblem } from '../source/record.ts';
+import { terminalSafe } from './terminal.ts';
 
 /**
  * Provenance.recorded when the caller gives none: the newest modification time of the inputs. The same export
@@ -42,7 +43,7 @@ export async function writeMappedExport(out: string, mapped: MappedExport, ndjso
   return written;
 }
 
-/** Human summary for the terminal: counts and reasons, never field values (they may identify a patient). */
+/** Human summary for the terminal: counts and reasons, never field values (they may identify a patient), control characters escaped. */
 export function formatSummary(mapped: MappedExport): string {
   const s = mapped.summary;
   const lines = [
@@ -51,5 +52,6 @@ export function formatSummary(mapped: MappedExport): string {
     `  ${s.recordsRejected} records rejected`,
   ];
   for (const problem of s.rejects) lines.push(`    ${describeProblem(problem)}`);
-  return lines.join('\n');
+  // File names, record keys and reasons come from the export: control characters are shown, not obeyed.
+  return lines.map(terminalSafe).join('\n');
 }

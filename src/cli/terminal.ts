@@ -20,3 +20,8 @@ function visible(char: string): string {
 export function terminalSafe(text: string): string {
   return text.replace(UNSAFE, visible);
 }
+
+/** Multi-line text (a message listing several problems) with each line made safe; its own line breaks stay. */
+export function terminalSafeLines(text: string): string {
+  return text.split('\n').map(terminalSafe).join('\n');
+}

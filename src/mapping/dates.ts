@@ -52,11 +52,17 @@ function simpleFormat(format: string): SimpleFormat | null {
   const parts: ('y' | 'M' | 'd')[] = [];
   let source = '';
   let ok = true;
+  let variableBefore = false;
   for (const token of format.match(/yyyy|MM|dd|M|d|[^A-Za-z]+|[A-Za-z]+/g) ?? []) {
     if (token === 'yyyy' || token === 'MM' || token === 'dd' || token === 'M' || token === 'd') {
+      // `Md` has no separator between two one-or-two-digit parts: ambiguous, and a chain of them backtracks
+      // exponentially on a JavaScript RegExp. Such formats go to Luxon.
+      if (variableBefore) ok = false;
+      variableBefore = token.length === 1;
       parts.push(token[0] as 'y' | 'M' | 'd');
       source += token === 'yyyy' ? '(\\d{4})' : token.length === 2 ? '(\\d{2})' : '(\\d{1,2})';
     } else if (/^[^A-Za-z]+$/.test(token)) {
+      variableBefore = /^\d+$/.test(token) && variableBefore;
       source += token.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
     } else {
       ok = false;

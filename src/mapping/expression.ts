@@ -3,6 +3,7 @@ import type { SourceRecord } from '../source/record.ts';
 import { checkRegexInput, checkResult, tick, withinBudget } from './budget.ts';
 import { FieldError } from './errors.ts';
 import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
+import { compileMappingRegex, regexMatches, regexProblem, regexReplaceAll } from './regex.ts';
 
 /** Record facts every expression can read as variables (`%site`, `%row`, ...). */
 const BUILT_INS: Record<string, (r: SourceRecord) => unknown> = {
@@ -66,7 +67,7 @@ export class EvalContext implements FastScope {
     const builtIn = BUILT_INS[name];
     if (builtIn) return builtIn(this.record);
     if (name === 'subject') return byType(this.subjectRecords);
-    if (name === 'group') return this.group ? { all: this.group.map((g) => g.fields) } : undefined;
+    if (name === 'group') return this.group ? groupView(this.group) : undefined;
     if (this.declared.includes(name)) return undefined;
     throw new Error(`Undefined variable %${name}`);
   }
@@ -82,7 +83,7 @@ export class EvalContext implements FastScope {
       for (const [name, value] of this.constants) variables[`%${name}`] = value;
       for (const [name, read] of Object.entries(BUILT_INS)) variables[`%${name}`] = toTyped(read(this.record))!;
       variables['%subject'] = { type: 'BackboneElement', value: byType(this.subjectRecords) };
-      if (this.group) variables['%group'] = { type: 'BackboneElement', value: { all: this.group.map((g) => g.fields) } };
+      if (this.group) variables['%group'] = { type: 'BackboneElement', value: groupView(this.group) };
       // A let without a value (or one the site does not define) reads as empty, so `%end.exists()` is false.
       for (const name of this.declared) variables[`%${name}`] = { type: 'string', value: undefined };
       for (const [name, value] of this.letValues ?? []) {
@@ -114,7 +115,9 @@ const subjectViews = new WeakMap<readonly SourceRecord[], Record<string, unknown
 function byType(records: readonly SourceRecord[]): Record<string, unknown> {
   let view = subjectViews.get(records);
   if (!view) {
-    const grouped: Record<string, Record<string, string>[]> = { all: [] };
+    // No prototype: a record type or field named `constructor` or `__proto__` is data, not Object's member.
+    const grouped = Object.create(null) as Record<string, Record<string, string>[]>;
+    grouped.all = [];
     for (const r of records) {
       grouped.all.push(r.fields);
       (grouped[r.type] ??= []).push(r.fields);
@@ -122,6 +125,12 @@ function byType(records: readonly SourceRecord[]): Record<string, unknown> {
     view = grouped;
     subjectViews.set(records, view);
   }
+  return view;
+}
+
+function groupView(group: readonly SourceRecord[]): Record<string, unknown> {
+  const view = Object.create(null) as Record<string, unknown>;
+  view.all = group.map((g) => g.fields);
   return view;
 }
 
@@ -173,58 +182,12 @@ const ALLOWED_FUNCTIONS: ReadonlySet<string> = new Set([
 const REGEX_FUNCTIONS: ReadonlySet<string> = new Set(['matches', 'replaceMatches']);
 
 /**
- * Why a regular expression from a mapping could backtrack without bound, or undefined. JavaScript regexes
- * cannot be interrupted, so the rules are strict: a literal pattern, no back-references or lookarounds, no
- * repeated group that itself repeats or alternates, at most two unbounded repetitions; the input length is
- * capped at run time (budget.ts), which keeps the worst case polynomial and small.
+ * Why a regular expression from a mapping cannot run, or undefined. Mapping regexes run on a linear-time engine
+ * (regex.ts), so backtracking is no concern; what that engine cannot do (back-references, lookarounds, huge
+ * repetition counts) is refused when the mapping loads, with the reason.
  */
 export function unsafeRegex(pattern: string): string | undefined {
-  try {
-    new RegExp(pattern);
-  } catch (err) {
-    return `invalid regular expression (${(err as Error).message})`;
-  }
-  if (/\\[1-9]|\\k</.test(pattern)) return 'back-references are not allowed in mapping regexes';
-  if (/\(\?<?[=!]/.test(pattern)) return 'lookarounds are not allowed in mapping regexes';
-  const groups: { repeats: boolean }[] = [];
-  let unbounded = 0;
-  let lastGroup: { repeats: boolean } | undefined;
-  for (let i = 0; i < pattern.length; i++) {
-    const c = pattern[i];
-    if (c === '\\') {
-      i++;
-      lastGroup = undefined;
-      continue;
-    }
-    if (c === '[') {
-      for (i++; i < pattern.length && pattern[i] !== ']'; i++) if (pattern[i] === '\\') i++;
-      lastGroup = undefined;
-      continue;
-    }
-    if (c === '(') {
-      groups.push({ repeats: false });
-      lastGroup = undefined;
-      // `(?:` and `(?<name>` open groups too; their `?` is no repetition.
-      if (pattern[i + 1] === '?') i = pattern[i + 2] === '<' ? pattern.indexOf('>', i) : i + 2;
-      continue;
-    }
-    if (c === ')') {
-      lastGroup = groups.pop();
-      if (lastGroup && groups.length > 0 && lastGroup.repeats) groups[groups.length - 1].repeats = true;
-      continue;
-    }
-    const isUnbounded = c === '*' || c === '+' || (c === '{' && /^\{\d+,\}/.test(pattern.slice(i)));
-    if (c === '|' || isUnbounded || c === '?' || c === '{') {
-      if (isUnbounded) {
-        unbounded++;
-        if (lastGroup?.repeats) return 'a repeated group that itself repeats or alternates can backtrack without bound';
-      }
-      if (groups.length > 0) groups[groups.length - 1].repeats = true;
-    }
-    lastGroup = undefined;
-  }
-  if (unbounded > 2) return `at most two unbounded repetitions (*, +, {n,}) in a mapping regex (this one has ${unbounded})`;
-  return undefined;
+  return regexProblem(pattern);
 }
 
 /** Refuses functions outside the allowed set and unsafe regexes, at compile time. */
@@ -260,19 +223,48 @@ function instrument(node: { eval: AtomEval }, seen = new Set<object>()): void {
     if (isAtom(value)) instrument(value, seen);
     else if (Array.isArray(value)) for (const v of value) if (isAtom(v)) instrument(v, seen);
   }
-  const original = node.eval.bind(node);
-  const regex = node instanceof FunctionAtom && REGEX_FUNCTIONS.has(node.name);
+  const original = node instanceof FunctionAtom && REGEX_FUNCTIONS.has(node.name) ? linearRegex(node) : node.eval.bind(node);
   node.eval = (context, input) => {
     tick(1 + input.length);
-    if (regex) for (const t of input) if (typeof t.value === 'string') checkRegexInput(t.value);
     const out = original(context, input);
     checkResult(out, (t) => (t as TypedValue).value);
     return out;
   };
 }
 
+/** The literal pattern of a `matches`/`replaceMatches` call (checkFunctions made sure there is one). */
+function regexLiteral(node: FunctionAtom): string {
+  return (node.args[0] as unknown as { value: { value: string } }).value.value;
+}
+
+/**
+ * `matches`/`replaceMatches` on the linear-time engine instead of @medplum/core's, which builds a JavaScript
+ * RegExp per call (a backtracking engine nothing can interrupt). Same results: a search anywhere in a single
+ * string input, groups as `$1`, `$<name>` or `${name}` in the substitution.
+ */
+function linearRegex(node: FunctionAtom): AtomEval {
+  const regex = compileMappingRegex(regexLiteral(node));
+  const substitution = node.args[1] as unknown as { eval: AtomEval } | undefined;
+  return (context, input) => {
+    if (input.length === 0) return [];
+    if (input.length > 1) throw new Error(`${node.name}() on ${input.length} values where one is expected`);
+    const text = input[0].value;
+    if (typeof text !== 'string') throw new TypeError(`${node.name}() on a value that is not a string`);
+    checkRegexInput(text);
+    if (node.name === 'matches') return [{ type: 'boolean', value: regexMatches(regex, text) }];
+    const replacement = substitution?.eval(context, input)[0]?.value;
+    if (typeof replacement !== 'string') throw new TypeError('replaceMatches() needs a string substitution');
+    return [{ type: 'string', value: regexReplaceAll(regex, text, replacement) }];
+  };
+}
+
 function clip(text: string, max = 120): string {
   return text.length > max ? `${text.slice(0, max)}...` : text;
+}
+
+/** A record's own field: `constructor` or `toString` of a record is no field of it. */
+function ownField(fields: Readonly<Record<string, string>>, name: string): string | undefined {
+  return Object.hasOwn(fields, name) ? fields[name] : undefined;
 }
 
 const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -298,10 +290,10 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
       source: text,
       field: text,
       evaluate: (ctx) => {
-        const value = ctx.record.fields[text];
+        const value = ownField(ctx.record.fields, text);
         return value === undefined ? [] : [value];
       },
-      one: (ctx) => ctx.record.fields[text],
+      one: (ctx) => ownField(ctx.record.fields, text),
     };
   }
   if (SIMPLE_VARIABLE.test(text)) {

@@ -36,6 +36,8 @@ function children(focus: readonly unknown[], name: string): unknown[] {
   const out: unknown[] = [];
   for (const item of focus) {
     if (item === null || typeof item !== 'object' || Array.isArray(item)) continue;
+    // Own fields only: `constructor` or `toString` of a record is no field of it.
+    if (!Object.hasOwn(item, name)) continue;
     const value = (item as Record<string, unknown>)[name];
     if (value === undefined || value === null) continue;
     if (Array.isArray(value)) {

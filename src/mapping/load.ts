@@ -157,7 +157,13 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
     if (parent !== undefined && layers.length >= MAX_EXTENDS_DEPTH) {
       throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: `an extends chain of more than ${MAX_EXTENDS_DEPTH} files` }]);
     }
-    next = parent ? resolve(dirname(next), parent) : undefined;
+    if (parent !== undefined) {
+      try {
+        next = confined(next, parent);
+      } catch (err) {
+        throw new MappingError([{ file: displayPath(next), line: lineOf(layer, ['extends']), key: 'extends', message: (err as Error).message }]);
+      }
+    } else next = undefined;
   }
   let merged: unknown = {};
   for (const layer of [...layers].reverse()) merged = mergeLayers(merged, layer.data);
@@ -193,11 +199,21 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
  */
 export function resolveFromLayer(loaded: LoadedMapping, keyPath: readonly string[], value: string): string {
   const layer = loaded.layers.find((l) => hasPath(l.data, keyPath)) ?? loaded.layers[0];
-  const root = realOrSelf(dirname(layer.path));
-  const target = resolve(dirname(layer.path), value);
+  return confined(layer.path, value);
+}
+
+/**
+ * `value`, a path a mapping file names (a base it extends, a ConceptMap), resolved inside the directory of that
+ * file, symbolic links followed; anything else (an absolute path, `..` past the directory, a link out of it,
+ * /proc/self/environ) is refused before it is read.
+ */
+function confined(mappingFile: string, value: string): string {
+  if (isAbsolute(value)) throw new Error(`'${value}' is an absolute path; name a file in the directory of ${displayPath(mappingFile)}`);
+  const root = realOrSelf(dirname(mappingFile));
+  const target = resolve(dirname(mappingFile), value);
   const rel = relative(root, realOrSelf(target));
   if (rel === '' || rel.startsWith('..') || isAbsolute(rel)) {
-    throw new Error(`'${value}' is outside the directory of the mapping file that names it (${displayPath(layer.path)})`);
+    throw new Error(`'${value}' is outside the directory of the mapping file that names it (${displayPath(mappingFile)})`);
   }
   return target;
 }

@@ -8,6 +8,7 @@ import { readDictionary, readRedcap } from '../source/redcap.ts';
 import type { CompiledMapping, CompiledSourceFile } from './compile.ts';
 import { FieldError } from './errors.ts';
 import { EvalContext, type CompiledExpression } from './expression.ts';
+import { compileMappingRegex } from './regex.ts';
 
 export interface SourceReadResult {
   readonly records: SourceRecord[];
@@ -15,9 +16,10 @@ export interface SourceReadResult {
   readonly files: { file: string; rows: number }[];
 }
 
-function globToRegExp(glob: string): RegExp {
+/** A file-name glob of the mapping on the linear-time engine: `*a*a*a*…` would backtrack on a RegExp. */
+function globToRegExp(glob: string): { test(name: string): boolean } {
   const escaped = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return new RegExp(`^${escaped}$`, 'i');
+  return compileMappingRegex(`^${escaped}$`, true);
 }
 
 /** Input paths as files: a directory stands for the files directly in it. */

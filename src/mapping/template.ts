@@ -232,13 +232,25 @@ function compileQuantity(env: CompileEnv, path: readonly string[], node: Record<
   const unitFrom = node.unitFrom === undefined ? undefined : expression(env, [...path, 'unitFrom'], node.unitFrom);
   let fixedUnit: string | undefined;
   let target: string | undefined;
-  try {
-    if (typeof node.unit === 'string') fixedUnit = ucumCode(node.unit);
-    else if (!unitFrom) env.issue(path, "a $quantity needs 'unit' (a UCUM unit) or 'unitFrom' (an expression)");
-    if (node.to !== undefined) target = ucumCode(String(node.to));
-    if (fixedUnit && target) conversionFactor(fixedUnit, target);
-  } catch (err) {
-    env.issue(path, (err as Error).message);
+  // Units the mapping file gives are no patient data: their errors quote them, with the library's reason.
+  const mappingUnit = (unit: string, key: string): string | undefined => {
+    try {
+      return ucumCode(unit);
+    } catch (err) {
+      const detail = err instanceof UnitError && err.detail ? ` (${err.detail})` : '';
+      env.issue([...path, key], `'${unit}': ${(err as Error).message}${detail}`);
+      return undefined;
+    }
+  };
+  if (typeof node.unit === 'string') fixedUnit = mappingUnit(node.unit, 'unit');
+  else if (!unitFrom) env.issue(path, "a $quantity needs 'unit' (a UCUM unit) or 'unitFrom' (an expression)");
+  if (node.to !== undefined) target = mappingUnit(String(node.to), 'to');
+  if (fixedUnit && target) {
+    try {
+      conversionFactor(fixedUnit, target);
+    } catch (err) {
+      env.issue(path, `${fixedUnit} ${(err as Error).message}`);
+    }
   }
   if (!expr) return () => undefined;
   const producer = withAggregate(aggregateOption(env, path, node), (ctx) => {
@@ -255,7 +267,8 @@ function compileQuantity(env: CompileEnv, path: readonly string[], node: Record<
       try {
         unit = ucumCode(unitText);
       } catch (err) {
-        throw new FieldError(unitFrom.field, unitText, (err as Error).message);
+        // The reason names the rule, never the unit text: it is a record value (the rejects file keeps it).
+        throw new FieldError(unitFrom.field, unitText, `unit: ${(err as Error).message}`);
       }
     }
     const code = target ?? unit!;
@@ -263,7 +276,7 @@ function compileQuantity(env: CompileEnv, path: readonly string[], node: Record<
     try {
       factor = conversionFactor(unit!, code);
     } catch (err) {
-      if (err instanceof UnitError) throw new FieldError(unitFrom?.field ?? expr.field, unit, err.message);
+      if (err instanceof UnitError) throw new FieldError(unitFrom?.field ?? expr.field, unit, `unit ${err.message}`);
       throw err;
     }
     return { value: convert(number, factor), unit: code, system: UCUM, code } satisfies Quantity;

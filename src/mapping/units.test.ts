@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { conversionFactor, convert, ucumCode } from './units.ts';
+import { cachedUnits, conversionFactor, convert, MAX_CACHED_UNITS, MAX_UNIT_LENGTH, ucumCode } from './units.ts';
 
 describe('UCUM units', () => {
   it('converts Gy to the cGy the radiotherapy profile fixes, without float noise', () => {
@@ -10,7 +10,17 @@ describe('UCUM units', () => {
   });
 
   it('refuses units that are not UCUM or not commensurable', () => {
-    expect(() => ucumCode('grays please')).toThrow(/not a UCUM unit/);
-    expect(() => conversionFactor('mg', 'cGy')).toThrow(/cannot convert mg to cGy/);
+    expect(() => ucumCode('grays please')).toThrow(/^not a UCUM unit$/);
+    expect(() => conversionFactor('mg', 'cGy')).toThrow(/^cannot be converted to cGy$/);
+  });
+
+  it('refuses an overlong unit before parsing it, and remembers a bounded number of units and pairs', () => {
+    expect(() => ucumCode('kg.'.repeat(20_000) + 'm')).toThrow(new RegExp(`^unit is 60001 characters long, over the limit of ${MAX_UNIT_LENGTH}$`));
+    for (let i = 0; i < MAX_CACHED_UNITS + 20; i++) {
+      ucumCode(`mg/{dose${i}}`);
+      expect(() => conversionFactor(`mg/{dose${i}}`, 'cGy')).toThrow(/cannot be converted/);
+    }
+    expect(cachedUnits()).toEqual({ units: MAX_CACHED_UNITS, pairs: MAX_CACHED_UNITS });
+    expect(ucumCode(' Gy ')).toBe('Gy');
   });
 });

@@ -1,6 +1,6 @@
 import { basename } from 'node:path';
 import { overlongField, presentFields, readLimits, readSourceText, SourceFileError, type RawRecord, type ReadLimits, type RowProblem } from './raw.ts';
-import { describePath, jsonSyntaxProblem, keyName, lineColumn, scanJson, type DuplicateKey } from './strict-json.ts';
+import { describePath, jsonSyntaxProblem, keyName, lineColumn, parseSourceJson, scanJson, type DuplicateKey } from './strict-json.ts';
 
 export interface JsonOptions {
   readonly encoding?: string;
@@ -48,7 +48,7 @@ export async function readJson(path: string, options: JsonOptions = {}): Promise
   }
   let doc: unknown;
   try {
-    doc = JSON.parse(text);
+    doc = parseSourceJson(text);
   } catch (err) {
     const problem = jsonSyntaxProblem(err, text);
     throw new SourceFileError(file, problem.reason, { line: problem.line });
@@ -91,7 +91,7 @@ export async function readNdjson(path: string, options: JsonOptions = {}): Promi
     if (scan.tooDeep) return lineProblem(`line ${row}: JSON nested deeper than ${limits.maxJsonDepth} levels`);
     let value: unknown;
     try {
-      value = JSON.parse(line);
+      value = parseSourceJson(line);
     } catch (err) {
       return lineProblem(`line ${row} is ${jsonSyntaxProblem(err, line).reason.replace(/line 1, /, '')}`);
     }

@@ -244,9 +244,19 @@ export async function readSourceText(path: string, encoding = 'utf-8', limits: P
   return { file, text, digest, bytes: bytes.length, encoding: used };
 }
 
+/**
+ * An empty field map without a prototype: a column named `constructor`, `toString` or `__proto__` is a field like
+ * any other, and an expression reading a field the record lacks finds nothing (not Object.prototype's members).
+ */
+export function ownFields(from?: Readonly<Record<string, string>>): Record<string, string> {
+  const fields = Object.create(null) as Record<string, string>;
+  if (from) for (const name of Object.keys(from)) fields[name] = from[name];
+  return fields;
+}
+
 /** Keeps only non-blank values: an empty cell means "no value", so FHIRPath `exists()` behaves. */
 export function presentFields(input: Record<string, unknown>): Record<string, string> {
-  const out: Record<string, string> = {};
+  const out = ownFields();
   for (const [name, value] of Object.entries(input)) {
     if (value === null || value === undefined) continue;
     const text = typeof value === 'string' ? value.trim() : typeof value === 'object' ? JSON.stringify(value) : String(value);

@@ -1,5 +1,5 @@
 import { readJson } from './json.ts';
-import { SourceFileError, type RawRecord, type ReadLimits } from './raw.ts';
+import { ownFields, SourceFileError, type RawRecord, type ReadLimits } from './raw.ts';
 
 /** One row of a REDCap data dictionary export (JSON form). */
 interface DictionaryRow {
@@ -50,7 +50,7 @@ export async function readRedcap(
   return rows.map((raw) => {
     if (raw.problem) return { ...raw, fileType: 'record' };
     if (Object.keys(raw.fields).length === 0) return { ...raw, fileType: 'record', problem: { field: '(record)', reason: `record ${raw.row} is empty` } };
-    const fields = { ...raw.fields };
+    const fields = ownFields(raw.fields);
     if (options.dictionary) {
       for (const [name, value] of Object.entries(raw.fields)) {
         const label = options.dictionary.get(name)?.get(value);

@@ -75,6 +75,29 @@ export function scanJson(text: string, maxDepth: number): JsonScan {
   return { duplicates };
 }
 
+/** A run that a number with more than 15 significant digits must contain; most exports have none. */
+const LONG_NUMBER = /[0-9.]{16}/;
+
+/** Significant digits of a JSON number as written (`-0.00120e5` has 3). */
+function significantDigits(source: string): number {
+  return source.replace(/^-/, '').replace(/[eE].*$/, '').replace('.', '').replace(/^0+/, '').length;
+}
+
+/** Reviver: a number a double cannot hold exactly (more than 15 significant digits) stays its source text. */
+function keepLongNumbers(_key: string, value: unknown, context?: { source?: string }): unknown {
+  if (typeof value !== 'number' || context?.source === undefined) return value;
+  return significantDigits(context.source) > 15 ? context.source : value;
+}
+
+/**
+ * JSON.parse for source exports. A REDCap record id such as 9007199254740993 is beyond 2^53: as a number it
+ * becomes 9007199254740992, and two subjects become one. Such numbers keep their text (Node's reviver sees the
+ * source); the reviver is slow, so it runs only when the text has a digit run that long.
+ */
+export function parseSourceJson(text: string): unknown {
+  return LONG_NUMBER.test(text) ? JSON.parse(text, keepLongNumbers) : JSON.parse(text);
+}
+
 /** 1-based line and column of a character offset. */
 export function lineColumn(text: string, offset: number): { line: number; column: number } {
   let line = 1;
