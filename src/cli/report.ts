@@ -12,6 +12,8 @@ import { DestinationConfigError, isLoopback, loadDestinations, Secret } from '..
 import { destinationClient } from '../delivery/destination-client.ts';
 import { StudySourceError } from '../report/fhir-source.ts';
 import { runStudyReport } from '../report/run.ts';
+import { ResponseTooLargeError } from '../delivery/http-transport.ts';
+import { terminalSafe, terminalSafeLines } from './terminal.ts';
 
 export interface ReportCommandOptions {
   study: string;
@@ -26,6 +28,8 @@ export interface ReportCommandOptions {
 }
 
 const DEFAULT_TIMEOUT_MS = 30_000;
+/** Longest failure reason printed: a server's error text may be a megabyte long. */
+const MAX_REASON = 500;
 
 /** A usage or configuration problem: printed as is, exit code 1. */
 class ReportUsageError extends Error {
@@ -83,15 +87,23 @@ export async function reportClient(options: ReportCommandOptions): Promise<FhirC
   return new FhirClient({ baseUrl: options.fhir, timeoutMs: timeoutMs ?? DEFAULT_TIMEOUT_MS, auth: createAuth(auth) });
 }
 
-/** The message of an error the user can act on (bad options, server unreachable or refusing), or undefined for a bug. */
-function expectedFailure(err: unknown): string | undefined {
+/**
+ * The reason a report failed, in one line. Bad options, a server unreachable, refusing, too slow or answering
+ * too much are expected; anything else is named by its message alone. Never a stack trace: a hostile or broken
+ * server must not be able to fill the terminal, and its text is shown with control characters escaped.
+ */
+export function failureReason(err: unknown): string {
   if (err instanceof ReportUsageError || err instanceof DestinationConfigError || err instanceof StudySourceError) return err.message;
-  if (err instanceof DOMException && (err.name === 'TimeoutError' || err.name === 'AbortError')) return `the server did not answer in time (${err.message})`;
+  if (err instanceof ResponseTooLargeError) return `the server's answer is too large (${err.message})`;
+  const name = (err as { name?: unknown } | null)?.name;
+  if (name === 'TimeoutError' || name === 'AbortError') return 'the server did not answer in time (--timeout)';
   if (err instanceof TypeError && err.message === 'fetch failed') {
     const cause = err.cause as { code?: string; message?: string } | undefined;
     return `cannot reach the server (${cause?.code ?? cause?.message ?? 'network error'})`;
   }
-  return undefined;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `cannot read from the server (${code}: ${(err as Error).message})`;
+  return `unexpected error: ${err instanceof Error ? err.message : String(err)}`;
 }
 
 export function registerReport(program: Command): void {
@@ -111,12 +123,12 @@ export function registerReport(program: Command): void {
       try {
         const client = await reportClient(options);
         const run = await runStudyReport({ client, study: options.study, outDir: options.out, pageSize: positiveInt(options.pageSize, '--page-size') });
-        console.log(run.summary);
+        // The summary quotes the server (study title, terms): shown, not obeyed.
+        console.log(terminalSafeLines(run.summary));
         console.log(`\nReport: ${run.htmlPath}\nJSON:   ${run.jsonPath}`);
       } catch (err) {
-        const message = expectedFailure(err);
-        if (message === undefined) throw err;
-        console.error(`report: ${message}`);
+        const reason = terminalSafe(failureReason(err));
+        console.error(`report: ${reason.length > MAX_REASON ? `${reason.slice(0, MAX_REASON)}...` : reason}`);
         process.exitCode = 1;
       }
     });

@@ -5,6 +5,7 @@
  */
 import type { Bundle, BundleEntry, Patient, Resource, ResearchStudy, ResearchSubject } from '@medplum/fhirtypes';
 import { FhirHttpError, outcomeText, type FhirClient } from '../delivery/client.ts';
+import { ResponseTooLargeError } from '../delivery/http-transport.ts';
 import { escapeSearchValue } from '../mapping/identity.ts';
 
 /** The mRECIST overall-response Observations of the trial (other Observations of the same patients are not read). */
@@ -15,7 +16,11 @@ export interface ReadStudyOptions {
   readonly pageSize?: number;
   /** Patient references per search (default 40: keeps URLs far below the 8 KB servers commonly accept). */
   readonly batchSize?: number;
+  /** Pages read per search at most (default 1000): a server that pages without end is stopped. */
+  readonly maxPages?: number;
 }
+
+export const DEFAULT_MAX_PAGES = 1000;
 
 /** One subject of the study as read from the server. */
 export interface StudySubject {
@@ -99,11 +104,13 @@ function resourceKey(resource: Resource): string {
 export class SearchReader {
   readonly #client: FhirClient;
   readonly #pageSize: number;
+  readonly #maxPages: number;
   #requests = 0;
 
-  constructor(client: FhirClient, pageSize = 200) {
+  constructor(client: FhirClient, pageSize = 200, maxPages = DEFAULT_MAX_PAGES) {
     this.#client = client;
     this.#pageSize = pageSize;
+    this.#maxPages = maxPages;
   }
 
   get requests(): number {
@@ -114,7 +121,8 @@ export class SearchReader {
    * Every entry of a search, all pages: `next` links are followed as given. A server that pages with `_count`
    * but writes no links (fhir-router's MemoryRepository, behind the embedded server) is paged with `_offset`
    * while its `total` says matches are missing; a server that ignores `_offset` is caught by the repeated
-   * matches rather than looped on.
+   * matches rather than looped on. A `next` link to a page already read (a link to itself made a loop of
+   * 200,000 requests in 30 s, each with the token) and more than `maxPages` pages end the search with an error.
    */
   async search(type: string, params: Record<string, string>): Promise<BundleEntry[]> {
     const base = { ...params, _count: String(this.#pageSize) };
@@ -122,12 +130,16 @@ export class SearchReader {
     const entries: BundleEntry[] = [];
     const matched = new Set<string>();
     let path: string | undefined = `${type}?${searchQuery(base)}`;
+    const read = new Set<string>();
     while (path !== undefined) {
+      if (read.size >= this.#maxPages) throw new StudySourceError(`${type} search: more than ${this.#maxPages} pages; stopped (a server paging without end?)`);
+      read.add(this.#client.url(path));
       this.#requests++;
+      const started = performance.now();
       const bundle: Bundle | undefined = await this.#client.get<Bundle>(path).then(
         (response) => response.body,
         (err: unknown) => {
-          throw err instanceof FhirHttpError ? new SearchFailedError(type, err) : err;
+          throw searchError(type, err, performance.now() - started, this.#client.timeoutMs);
         },
       );
       if (bundle?.resourceType !== 'Bundle') throw new StudySourceError(`${type} search: the server did not answer with a Bundle`);
@@ -148,6 +160,7 @@ export class SearchReader {
       if (next) {
         // Auth headers go with every request: never to a host other than the server's.
         if (new URL(next, this.#client.baseUrl).origin !== origin) throw new StudySourceError(`${type} search: the server's next link leaves ${origin}: not followed`);
+        if (read.has(this.#client.url(next))) throw new StudySourceError(`${type} search: the server's next link points to a page already read (a paging loop); stopped after ${read.size} pages`);
         path = next;
       } else if (bundle.total !== undefined && matched.size < bundle.total && page.length > 0) {
         if (fresh === 0) throw new StudySourceError(`${type} search: paging with _offset returned the same matches again (the server ignores _offset and gives no next link)`);
@@ -158,6 +171,19 @@ export class SearchReader {
     }
     return entries;
   }
+}
+
+/**
+ * Why a search request failed, naming the search. A timeout shows as node's own abort error (ECONNRESET
+ * "aborted" once the body had begun): the time taken tells it apart.
+ */
+function searchError(type: string, err: unknown, elapsedMs: number, timeoutMs: number): unknown {
+  if (err instanceof FhirHttpError) return new SearchFailedError(type, err);
+  if (err instanceof ResponseTooLargeError) return new StudySourceError(`${type} search: the server's answer is too large (${err.message})`, { cause: err });
+  if (elapsedMs >= timeoutMs) return new StudySourceError(`${type} search: no complete answer within ${timeoutMs} ms (--timeout)`, { cause: err });
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') return new StudySourceError(`${type} search: the connection failed (${code})`, { cause: err });
+  return err;
 }
 
 function chunks<T>(list: readonly T[], size: number): T[][] {
@@ -183,7 +209,7 @@ async function findStudy(reader: SearchReader, identifier: string): Promise<Rese
 
 /** Reads a study and everything the trial's figures need about its subjects. */
 export async function readStudy(client: FhirClient, identifier: string, options: ReadStudyOptions = {}): Promise<StudySource> {
-  const reader = new SearchReader(client, options.pageSize);
+  const reader = new SearchReader(client, options.pageSize, options.maxPages);
   const batchSize = options.batchSize ?? 40;
   const study = await findStudy(reader, identifier);
   const studyRef = `ResearchStudy/${study.id}`;

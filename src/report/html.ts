@@ -97,7 +97,11 @@ function atRiskTable(id: string, series: readonly KmSeries[]): string {
   );
 }
 
+/** Marked in the report when no subject has the dates a curve needs: the rest of the report stands. */
+export const NO_FOLLOW_UP = 'not estimated: no subject has an enrolment date with a death or end of follow-up date';
+
 function chart(id: string, title: string, series: readonly KmSeries[], maxMonths: number): string {
+  if (series.length === 0) return `<figure class="km no-data" id="${id}"><figcaption>${escapeHtml(title)}: ${escapeHtml(NO_FOLLOW_UP)}</figcaption></figure>`;
   return `<figure class="km" id="${id}">${renderKmSvg(series, { title, maxMonths })}${atRiskTable(id, series)}</figure>`;
 }
 

@@ -1,5 +1,5 @@
 /** The report's few key lines for a terminal: counts and rates only, never a subject's identifier. */
-import { formatGy, formatMedian, formatProportion } from './html.ts';
+import { formatGy, formatMedian, formatProportion, NO_FOLLOW_UP } from './html.ts';
 import type { StudyReport } from './report.ts';
 
 /** Adverse-event terms named on the terminal (the full table is in the HTML and JSON). */
@@ -20,7 +20,9 @@ export function formatReportSummary(report: StudyReport): string {
       .map((t) => `${t.display} ${formatProportion(t.subjects)}`)
       .join('; ')}${p.adverseEvents.byTerm.length > TOP_TERMS ? `; ${p.adverseEvents.byTerm.length - TOP_TERMS} more terms in the report` : ''}`,
     `  median radiotherapy dose ${formatGy(p.radiotherapy.medianDoseGy)}`,
-    `  median OS ${formatMedian(p.survival.os)} months; PFS ${formatMedian(p.survival.pfs)} months`,
+    p.survival.os.n === 0 && p.survival.pfs.n === 0
+      ? `  survival ${NO_FOLLOW_UP}`
+      : `  median OS ${formatMedian(p.survival.os)} months; PFS ${formatMedian(p.survival.pfs)} months`,
   ];
   const pvi = p.survival.portalVeinInvasion;
   if (pvi && pvi.n > 0) lines.push(`  portal vein invasion Vp3/Vp4 (n=${pvi.n}): median OS ${formatMedian(pvi.os)}, PFS ${formatMedian(pvi.pfs)} months`);
