@@ -64,12 +64,24 @@ const NON_SERIOUS: [string, string] = ['non-serious', 'Non-serious'];
 const SERIOUSNESS = table('http://terminology.hl7.org/CodeSystem/adverse-event-seriousness', {
   Y: SERIOUS, YES: SERIOUS, '1': SERIOUS, N: NON_SERIOUS, NO: NON_SERIOUS, '0': NON_SERIOUS,
 });
-const OUTCOME = table(NCIT, {
-  RECOVERED: ['C49498', 'Recovered/Resolved'], 'RECOVERED/RESOLVED': ['C49498', 'Recovered/Resolved'],
-  RECOVERING: ['C49496', 'Recovering/Resolving'], 'RECOVERING/RESOLVING': ['C49496', 'Recovering/Resolving'],
-  'NOT RECOVERED': ['C49494', 'Not Recovered/Not Resolved'], 'NOT RECOVERED/NOT RESOLVED': ['C49494', 'Not Recovered/Not Resolved'],
-  SEQUELAE: ['C49495', 'Recovered/Resolved with Sequelae'], 'RECOVERED/RESOLVED WITH SEQUELAE': ['C49495', 'Recovered/Resolved with Sequelae'],
-  FATAL: ['C48275', 'Fatal'],
+const SERIOUSNESS_R4 = table('http://terminology.hl7.org/CodeSystem/adverse-event-seriousness', {
+  serious: ['Serious', 'Serious'], 'non-serious': ['Non-serious', 'Non-serious'],
+});
+const RESOLVED: [string, string] = ['resolved', 'Resolved'];
+const RECOVERING: [string, string] = ['recovering', 'Recovering'];
+const ONGOING: [string, string] = ['ongoing', 'Ongoing'];
+const SEQUELAE: [string, string] = ['resolvedWithSequelae', 'Resolved with Sequelae'];
+const OUTCOME = table('http://terminology.hl7.org/CodeSystem/adverse-event-outcome', {
+  RECOVERED: RESOLVED, 'RECOVERED/RESOLVED': RESOLVED, RECOVERING, 'RECOVERING/RESOLVING': RECOVERING,
+  'NOT RECOVERED': ONGOING, 'NOT RECOVERED/NOT RESOLVED': ONGOING, SEQUELAE, 'RECOVERED/RESOLVED WITH SEQUELAE': SEQUELAE,
+  FATAL: ['fatal', 'Fatal'],
+});
+const OUTCOME_RESEARCH = table('urn:oid:2.16.840.1.113883.3.989.2.1.1.19', {
+  resolved: ['recoveredorresolved', 'Recovered/Resolved'],
+  recovering: ['roveringorresolving', 'Recovering/Resolving'],
+  ongoing: ['notrecoveredorresolved', 'Not Recovered/Not Resolved'],
+  resolvedWithSequelae: ['resolvedwithsequelae', 'Recovered/Resolved with Sequelae'],
+  fatal: ['fatal', 'Fatal'],
 });
 const RELATEDNESS = table(NCIT, {
   NOT: ['C53256', 'Not Related'], 'NOT RELATED': ['C53256', 'Not Related'],
@@ -396,8 +408,10 @@ function adverseEvent(id: ReturnType<typeof identity>, f: Readonly<Record<string
   r.event = f.AETERM !== undefined ? { coding: [required(event, 'AEPTCD')], text: f.AETERM } : { coding: [required(event, 'AEPTCD')] };
   r.subject = { reference: refs.patient };
   r.date = required(start, 'AESTDTC');
-  r.seriousness = { coding: [required(seriousness, 'AESER')] };
-  r.outcome = { coding: [required(outcome, 'AEOUT')] };
+  const seriousnessCoding = required(seriousness, 'AESER');
+  r.seriousness = { coding: [seriousnessCoding, SERIOUSNESS_R4.get(seriousnessCoding.code!)!] };
+  const outcomeCoding = required(outcome, 'AEOUT');
+  r.outcome = { coding: [outcomeCoding, OUTCOME_RESEARCH.get(outcomeCoding.code!)!] };
   r.study = [{ reference: refs.study }];
   return r;
 }

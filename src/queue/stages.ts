@@ -530,7 +530,16 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
     return deadLetter(rejection.message, rejection.status, rejection.outcome);
   }
   // Read-back (verify: sample | all): a subject the server does not show is not delivered; sent again, then dead-lettered.
-  const unconfirmed = shouldVerify(destination.verify, destination.name, data.site, data.subject) ? await verifyDelivered(ctx.client(destination), data.bundle) : undefined;
+  let unconfirmed: string | undefined;
+  if (shouldVerify(destination.verify, destination.name, data.site, data.subject)) {
+    try {
+      // Paced like a delivery: the searches load the server too, and a 429 to them slows the destination down.
+      unconfirmed = await paced(ctx.pacer(destination), () => verifyDelivered(ctx.client(destination), data.bundle), (o) => ('error' in o ? paceSignal(o) : { kind: 'neutral' }));
+    } catch (error) {
+      if (!finalAttempt) throw error;
+      return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}`, (error as { status?: number }).status);
+    }
+  }
   if (unconfirmed !== undefined) {
     if (!finalAttempt) throw new DeliveryVerificationError(unconfirmed);
     return deadLetter(unconfirmed);

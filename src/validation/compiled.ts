@@ -6,6 +6,7 @@ import {
   deepIncludes,
   evalFhirPathTyped,
   getDataType,
+  isResourceType,
   type InternalSchemaElement,
   type InternalTypeSchema,
   type TypedValue,
@@ -92,13 +93,42 @@ const FORMATS: Record<string, RegExp> = {
   xhtml: /.*/,
 };
 
-/** Invariants @medplum/core does not evaluate (they need descendants() or are back-compatibility rules). */
+/**
+ * Invariants @medplum/core does not evaluate (they need descendants() or are back-compatibility rules). ele-1 is
+ * checked natively instead, on every element (ELE_1).
+ */
 const SKIPPED_INVARIANTS = new Set(['ele-1', 'dom-3', 'org-1', 'sdf-19']);
+const ELE_1 = {
+  key: 'ele-1',
+  severity: 'error',
+  description: 'All FHIR elements must have a @value or children',
+  expression: 'hasValue() or (children().count() > id.count())',
+} as NonNullable<InternalSchemaElement['constraints']>[number];
+const HL7_SD = 'http://hl7.org/fhir/StructureDefinition/';
 const INT_MIN = -2_147_483_648;
 const INT_MAX = 2_147_483_647;
 const TERMINOLOGY_TYPES = new Set(['code', 'Coding', 'CodeableConcept']);
 
 const isPrimitive = (type: string) => type === 'undefined' || type in JS_TYPE;
+const HISTORY = '(/_history/[A-Za-z0-9\\-.]{1,64})?';
+// The shapes of a literal reference (R4 references.html): a contained #id, urn:uuid/urn:oid (bundle-local), Type/id
+// (relative or after a base URL, with an optional version) or a conditional Type?query (transactions only).
+const REFERENCE_LOCAL = /^(#([A-Za-z0-9\-.]{1,64})?|urn:uuid:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|urn:oid:[0-2](\.(0|[1-9]\d*))+)$/;
+const REFERENCE_TYPED = new RegExp(`^(?:https?://[^\\s?#]+/)?([A-Z][A-Za-z]+)/[A-Za-z0-9\\-.]{1,64}${HISTORY}$`);
+const REFERENCE_CONDITIONAL = /^([A-Z][A-Za-z]+)\?\S+$/;
+
+/** The resource type a literal reference names (undefined for local ones); null when its shape is wrong. */
+function referenceType(reference: string): string | undefined | null {
+  if (REFERENCE_LOCAL.test(reference)) return undefined;
+  const typed = REFERENCE_TYPED.exec(reference) ?? REFERENCE_CONDITIONAL.exec(reference);
+  return typed && isResourceType(typed[1]) ? typed[1] : null;
+}
+
+/** The resource type a Bundle.entry.request.url addresses (`Patient?identifier=...`, `Observation/1`, `AdverseEvent`). */
+function requestUrlType(url: string): string | undefined {
+  const type = /^(?:https?:\/\/[^?]*\/)?([A-Z][A-Za-z]+)(?:[/?]|$)/.exec(url)?.[1];
+  return type && isResourceType(type) ? type : undefined;
+}
 const capitalize = (s: string) => s.charAt(0).toUpperCase() + s.slice(1);
 
 function isEmptyValue(v: unknown): boolean {
@@ -215,6 +245,10 @@ interface CompiledElement {
   readonly constraints: InternalSchemaElement['constraints'];
   readonly allowedCodes?: ReadonlySet<string>;
   readonly allowedBareCodes?: ReadonlySet<string>;
+  /** The primitive format a value is held to when it differs from its declared type (Resource.id is an `id`). */
+  readonly format?: string;
+  /** Resource types a Reference value may name (undefined: any). */
+  readonly referenceTargets?: ReadonlySet<string>;
   /** Validator of a complex value of the given type, resolved once per type. */
   childCheck(type: string): ObjectCheck | undefined;
   /** Per slice: the checks of a value that falls in it (its own elements, the profile its type names). */
@@ -297,7 +331,7 @@ export class ValidatorCompiler {
     };
   }
 
-  private compileElement(key: string, element: InternalSchemaElement, all: Record<string, InternalSchemaElement>, inner: readonly InternalTypeSchema[]): CompiledElement {
+  private compileElement(key: string, element: InternalSchemaElement, all: Record<string, InternalSchemaElement>, inner: readonly InternalTypeSchema[], isResource: boolean): CompiledElement {
     const steps = key.split('.');
     const children = new Map<string, ObjectCheck | undefined>();
     const childCheck = (type: string) => {
@@ -306,6 +340,10 @@ export class ValidatorCompiler {
     };
     const required = element.binding?.strength === 'required' && element.binding.valueSet ? element.binding.valueSet.split('|')[0] : undefined;
     const allowedCodes = required ? this.bindings(required) : undefined;
+    const targets = element.type.find((t) => t.code === 'Reference')?.targetProfile ?? [];
+    const referenceTargets = targets.length > 0 && targets.every((t) => t.startsWith(HL7_SD)) && !targets.includes(`${HL7_SD}Resource`)
+      ? new Set(targets.map((t) => t.slice(HL7_SD.length)))
+      : undefined;
     return {
       key,
       steps,
@@ -317,6 +355,8 @@ export class ValidatorCompiler {
       invariants: this.invariantsOf(element.constraints),
       constraints: element.constraints,
       ...(allowedCodes ? { allowedCodes, allowedBareCodes: bareCodes(allowedCodes), bindingUrl: required } : {}),
+      ...(isResource && key === 'id' ? { format: 'id' } : {}),
+      ...(referenceTargets ? { referenceTargets } : {}),
       childCheck,
       sliceChecks: new Map(
         (element.slicing?.slices ?? []).map((slice) => {
@@ -327,6 +367,18 @@ export class ValidatorCompiler {
           for (const profile of slice.type?.flatMap((t) => t.profile ?? []) ?? []) {
             const schema = this.profileSchema(profile);
             if (schema) checks.push(this.objectCheck(schema));
+          }
+          const sliceBinding = slice.binding?.strength === 'required' && slice.binding.valueSet ? slice.binding.valueSet.split('|')[0] : undefined;
+          const sliceCodes = sliceBinding ? this.bindings(sliceBinding) : undefined;
+          const sliceType = slice.type?.[0]?.code ?? 'Coding';
+          if (sliceCodes && TERMINOLOGY_TYPES.has(sliceType) && sliceType !== 'code') {
+            // A slice's own binding (the research coding of AdverseEvent.outcome): @medplum/core checks none.
+            checks.push((value, path, walk) => {
+              const codes = codesOf(value, sliceType);
+              if (codes.length > 0 && !codes.some((c) => sliceCodes.has(c))) {
+                walk.issues.push({ severity: 'error', code: 'code-invalid', details: { text: `Value not in required value set ${sliceBinding}` }, expression: [path] });
+              }
+            });
           }
           return [slice.name, checks] as const;
         }),
@@ -354,12 +406,42 @@ export class ValidatorCompiler {
 
   private compileObject(schema: InternalTypeSchema, checkUnknownProperties: boolean): ObjectCheck {
     const inner = schema.innerTypes ?? [];
-    const elements = Object.entries(schema.elements).map(([key, element]) => this.compileElement(key, element, schema.elements, inner));
+    const isResource = schema.kind === 'resource';
+    const elements = Object.entries(schema.elements).map(([key, element]) => this.compileElement(key, element, schema.elements, inner, isResource));
     const known = new Set(Object.keys(schema.elements));
     const choicePrefixes = [...known].filter((k) => k.endsWith('[x]')).map((k) => k.slice(0, -3));
     // Types each choice element allows (a profile narrows `value[x]` to CodeableConcept, say).
     const allowed = new Map(choicePrefixes.map((p) => [p, new Set(schema.elements[`${p}[x]`].type.map((t) => t.code.toLowerCase()))]));
     const elementCheck = getDataType('Element');
+    const typeNamed = (prefix: string, suffix: string) =>
+      schema.elements[`${prefix}[x]`].type.find((t) => t.code.toLowerCase() === suffix.toLowerCase())?.code ?? suffix.charAt(0).toLowerCase() + suffix.slice(1);
+    /** `_name`: the extensions of a primitive, an Element per value (an array of them beside an array). */
+    const checkPartner = (obj: Record<string, unknown>, key: string, elementKey: string, valueKey: string, type: string, isArray: boolean, path: string, walk: Walk) => {
+      const partnerPath = `${path}.${elementKey}`;
+      if (!isPrimitive(type)) {
+        walk.issues.push(createStructureIssue(`${path}.${key}`, `Invalid additional property "${key}": ${elementKey} is not a primitive element`));
+        return;
+      }
+      const partner = obj[key];
+      const values = obj[valueKey];
+      const items = Array.isArray(partner) ? partner : [partner];
+      if (Array.isArray(partner) !== isArray) {
+        walk.issues.push(createStructureIssue(`${path}.${key}`, isArray ? 'Expected array of values for property' : 'Expected single value for property'));
+        return;
+      }
+      items.forEach((item, i) => {
+        const itemPath = isArray ? `${partnerPath}[${i}]` : partnerPath;
+        if (item === null) return;
+        if (typeof item !== 'object' || Array.isArray(item)) {
+          walk.issues.push(createStructureIssue(itemPath, `Invalid JSON type: expected object (Element), but got ${Array.isArray(item) ? 'array' : typeof item}`));
+          return;
+        }
+        const value = isArray ? (values as unknown[] | undefined)?.[i] : values;
+        // ele-1: a primitive without a value must at least carry an extension.
+        if ((value === undefined || value === null) && isEmptyValue((item as Record<string, unknown>).extension)) walk.issues.push(createConstraintIssue(itemPath, ELE_1));
+        this.objectCheck(elementCheck)(item as Record<string, unknown>, itemPath, walk);
+      });
+    };
 
     const visitElement = (obj: Record<string, unknown>, path: string, el: CompiledElement, walk: Walk) => {
       if (el.steps.length === 1) {
@@ -393,8 +475,9 @@ export class ValidatorCompiler {
       // Paths are built only where an issue needs one or a child is entered: most values need neither.
       const valuePath = () => `${parentPath}.${el.steps[el.steps.length - 1]}`;
       const raw = slot === undefined ? undefined : parentObj[slot.key];
-      // Like @medplum/core: null, {} and [] count as absent (null is reported on its own).
+      // null, {} and [] are absent values (null is reported on its own); FHIR JSON allows no empty object or array.
       if (slot === undefined || raw === null || (typeof raw === 'object' && isEmptyValue(raw))) {
+        if (raw !== null && raw !== undefined) walk.issues.push(createStructureIssue(valuePath(), 'Invalid empty value'));
         if (element.min > 0) walk.issues.push(createStructureIssue(valuePath(), 'Missing required property'));
         return;
       }
@@ -422,13 +505,31 @@ export class ValidatorCompiler {
         const value = isArray ? (raw as unknown[])[i] : raw;
         const itemPath = isArray ? () => `${valuePath()}[${i}]` : valuePath;
         let type = slotType;
-        if (type === 'Resource' && value && typeof value === 'object') type = (value as Resource).resourceType;
+        if (type === 'Resource' && value && typeof value === 'object' && !Array.isArray(value)) {
+          // A contained or bundled resource is read by its own resourceType, which must name a resource.
+          const named = (value as { resourceType?: unknown }).resourceType;
+          if (typeof named !== 'string' || !isResourceType(named)) {
+            walk.issues.push(createStructureIssue(itemPath(), named === undefined ? 'Missing resourceType' : `Unknown resourceType ${JSON.stringify(named)}`));
+            continue;
+          }
+          type = named;
+        }
         if (el.invariants.length > 0) this.checkConstraints(el.invariants, type, value, itemPath, walk);
         if (primitive) {
-          const problem = primitiveProblem(value, type);
+          const problem = primitiveProblem(value, el.format ?? type);
           if (problem) walk.issues.push(createStructureIssue(itemPath(), problem));
+        } else if (value !== null && (typeof value !== 'object' || Array.isArray(value))) {
+          // "event": "Diarrhoea": a primitive (or a nested array) where a complex type belongs.
+          walk.issues.push(createStructureIssue(itemPath(), `Invalid JSON type: expected object (${type}), but got ${Array.isArray(value) ? 'array' : typeof value}`));
+          continue;
         } else if (isEmptyValue(value)) {
           walk.issues.push(createStructureIssue(itemPath(), 'Invalid empty non-primitive value'));
+        }
+        if (el.referenceTargets && type === 'Reference' && value && typeof value === 'object') {
+          const target = referenceType(String((value as { reference?: unknown }).reference ?? ''));
+          if (target && !el.referenceTargets.has(target)) {
+            walk.issues.push(createStructureIssue(itemPath(), `Reference to a ${target} where ${[...el.referenceTargets].join(' | ')} is expected`));
+          }
         }
         if (el.allowedCodes && TERMINOLOGY_TYPES.has(type)) {
           const codes = codesOf(value, type);
@@ -463,30 +564,78 @@ export class ValidatorCompiler {
           }
         }
       }
-      // Extensions of a primitive (`_birthDate`) are an Element of their own.
-      if (primitive) {
-        const partner = parentObj[slot.partnerKey];
-        if (partner && typeof partner === 'object' && !Array.isArray(partner)) this.objectCheck(elementCheck)(partner as Record<string, unknown>, valuePath(), walk);
-      }
     };
 
+    const isBundleEntry = schema.name === 'BundleEntry';
+    const isReference = schema.type === 'Reference' && !isResource;
     return (obj, path, walk) => {
       for (const el of elements) visitElement(obj, path, el, walk);
       if (!checkUnknownProperties) return;
+      let chosen: Map<string, string[]> | undefined;
+      let children = 0;
       for (const key in obj) {
         if (key === 'resourceType' || obj[key] === undefined) continue;
-        const name = key.startsWith('_') ? key.slice(1) : key;
-        if (known.has(name)) continue;
+        if (key !== 'id' && obj[key] !== null) children++;
+        const partner = key.startsWith('_');
+        const name = partner ? key.slice(1) : key;
+        if (known.has(name)) {
+          if (partner) {
+            const element = schema.elements[name];
+            checkPartner(obj, key, name, name, element.type[0]?.code ?? 'undefined', element.isArray ?? false, path, walk);
+          }
+          continue;
+        }
         const prefix = choicePrefixes.find((p) => name.startsWith(p) && name.length > p.length && /[A-Z]/.test(name[p.length]));
         if (prefix !== undefined) {
-          if (!allowed.get(prefix)!.has(name.slice(prefix.length).toLowerCase())) {
-            walk.issues.push(createStructureIssue(`${path}.${key}`, `Type ${name.slice(prefix.length)} is not allowed for ${prefix}[x]`));
+          const suffix = name.slice(prefix.length);
+          if (!allowed.get(prefix)!.has(suffix.toLowerCase())) {
+            walk.issues.push(createStructureIssue(`${path}.${key}`, `Type ${suffix} is not allowed for ${prefix}[x]`));
+          } else if (partner) {
+            checkPartner(obj, key, `${prefix}[x]`, name, typeNamed(prefix, suffix), false, path, walk);
           }
+          // Two values of one choice element (performedPeriod and performedDateTime): a value and its `_` partner are one.
+          chosen ??= new Map();
+          const keys = chosen.get(prefix) ?? [];
+          if (!keys.includes(name)) keys.push(name);
+          chosen.set(prefix, keys);
           continue;
         }
         walk.issues.push(createStructureIssue(`${path}.${key}`, `Invalid additional property "${key}"`));
       }
+      if (chosen) {
+        for (const [prefix, keys] of chosen) {
+          if (keys.length > 1) walk.issues.push(createStructureIssue(`${path}.${prefix}[x]`, `Only one value allowed for the choice element ${prefix}[x], found ${keys.join(', ')}`));
+        }
+      }
+      // ele-1 on a complex element: something besides its id (an empty object is reported as empty instead).
+      if (!isResource && children === 0 && obj.id !== undefined) walk.issues.push(createConstraintIssue(path, ELE_1));
+      if (isReference && typeof obj.reference === 'string') {
+        const target = referenceType(obj.reference);
+        if (target === null) {
+          walk.issues.push(createStructureIssue(`${path}.reference`, 'Invalid reference format: expected Type/id (relative or after a base URL), Type?query, urn:uuid:, urn:oid: or #id'));
+        } else if (target && typeof obj.type === 'string' && obj.type !== target) {
+          walk.issues.push(createStructureIssue(`${path}.type`, `Reference type ${obj.type} does not match the reference's ${target}`));
+        }
+      }
+      if (isBundleEntry) checkBundleEntry(obj, path, walk);
     };
+  }
+}
+
+/** A bundled resource must be of the type its request and fullUrl address. */
+function checkBundleEntry(entry: Record<string, unknown>, path: string, walk: Walk): void {
+  const resource = entry.resource as { resourceType?: unknown; id?: unknown } | undefined;
+  const actual = resource && typeof resource === 'object' ? resource.resourceType : undefined;
+  if (typeof actual !== 'string') return;
+  const url = (entry.request as { url?: unknown } | undefined)?.url;
+  const requested = typeof url === 'string' ? requestUrlType(url) : undefined;
+  if (requested && requested !== actual) {
+    walk.issues.push(createStructureIssue(`${path}.request.url`, `The request addresses ${requested} but the entry's resource is a ${actual}`));
+  }
+  const fullUrl = entry.fullUrl;
+  const named = typeof fullUrl === 'string' && !fullUrl.startsWith('urn:') ? /\/([A-Z][A-Za-z]+)\/[A-Za-z0-9\-.]{1,64}$/.exec(fullUrl)?.[1] : undefined;
+  if (named && isResourceType(named) && named !== actual) {
+    walk.issues.push(createStructureIssue(`${path}.fullUrl`, `The fullUrl names a ${named} but the entry's resource is a ${actual}`));
   }
 }
 

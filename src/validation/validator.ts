@@ -1,4 +1,4 @@
-import { getDataType, parseStructureDefinition, type InternalTypeSchema } from '@medplum/core';
+import { getDataType, isResourceType, parseStructureDefinition, type InternalTypeSchema } from '@medplum/core';
 import type { OperationOutcomeIssue, Resource } from '@medplum/fhirtypes';
 import { loadBaseDefinitions } from './base.ts';
 import { ValidatorCompiler } from './compiled.ts';
@@ -61,7 +61,6 @@ export class ResourceValidator {
         }
       }
     };
-    let profiled = false;
     const claimed = new Set(resource.meta?.profile ?? []);
     for (const url of profiles) {
       const schema = this.schemaFor(url);
@@ -75,11 +74,16 @@ export class ResourceValidator {
         add([{ severity: 'error', code: 'structure', details: { text: `Profile ${url} is for ${schema.type}, not ${resource.resourceType}` }, expression: [resource.resourceType] }]);
         continue;
       }
-      profiled = true;
       add(this.compiler.validate(resource, schema));
     }
-    // A profile's snapshot holds the base rules; without one the base type is the schema.
-    if (!profiled) add(this.compiler.validate(resource, getDataType(resource.resourceType)));
+    // FHIR R4 holds under every profile: a profile that loosened a base rule (scripts/build-profiles.ts reports
+    // such profiles) still cannot make a resource pass that base R4 refuses.
+    const base = typeof resource.resourceType === 'string' && isResourceType(resource.resourceType) ? getDataType(resource.resourceType) : undefined;
+    if (!base) {
+      add([{ severity: 'error', code: 'structure', details: { text: `Unknown resourceType ${JSON.stringify(resource.resourceType)}` }, expression: [String(resource.resourceType ?? '(resource)')] }]);
+      return issues;
+    }
+    add(this.compiler.validate(resource, base));
     return issues;
   }
 }

@@ -8,6 +8,7 @@ import nock from 'nock';
 import type { Bundle } from '@medplum/fhirtypes';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startEmbeddedFhirServer, type EmbeddedFhirServer } from '../../src/delivery/embedded-server.ts';
+import { DeliveryRetryableError } from '../../src/delivery/deliver.ts';
 import { serializeBundle } from '../../src/delivery/serialized-bundle.ts';
 import { DeliveryVerificationError, sampled, shouldVerify, VERIFY_SAMPLE_ONE_IN } from '../../src/delivery/verify.ts';
 import type { DeliveryOrigin } from '../../src/queue/delivered.ts';
@@ -109,6 +110,25 @@ describe('verify: read-back after delivery', () => {
     expect((await runDeliveryJob(ctx, store, 'dlv.1', job, false)).outcome).toBe('delivered');
     expect(store.counts[perDestination(COUNTERS.delivered, 'registry')]).toBe(1);
     expect(store.recorded.map((r) => [r.site, r.subject, r.jobId, r.trial])).toEqual([['site-a', job.subject, 'dlv.1', 'LDCCRT-HCC-P2']]);
+  });
+
+  it('waits out a throttled read-back (the server asks to wait) instead of counting the subject delivered', async () => {
+    const { ctx, server, job } = await setup('all', false);
+    const { origin, pathname } = new URL(server.baseUrl);
+    const quota = { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'throttled', diagnostics: 'Too Many Requests' }] };
+    nock(origin, { allowUnmocked: true }).persist().get((path) => path.startsWith(`${pathname}/`) && !path.includes('metadata'))
+      .query(true)
+      .reply(429, quota, { 'Retry-After': '1' });
+    const store = new Store();
+    const first = runDeliveryJob(ctx, store, 'dlv.1', job, false);
+    await expect(first).rejects.toBeInstanceOf(DeliveryRetryableError);
+    await expect(first).rejects.toMatchObject({ status: 429, retryAfterMs: 1000, kind: 'throttle' });
+    await expect(first).rejects.toThrow(/^verification: the read-back search failed: \w+ search refused: HTTP 429/);
+    const last = await runDeliveryJob(ctx, store, 'dlv.1', job, true);
+    expect(last.outcome).toBe('dead-lettered');
+    expect(store.letters[0].reason).not.toContain(job.subject);
+    expect(store.recorded).toEqual([]);
+    expect(store.counts[perDestination(COUNTERS.delivered, 'registry')]).toBeUndefined();
   });
 
   it('trusts the answer when off (the default)', async () => {
