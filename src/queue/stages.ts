@@ -352,7 +352,8 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
   const deliveries: { destination: string; jobId: string; added: boolean }[] = [];
   const increments: Record<string, number> = { [COUNTERS.recordsRejected]: new Set(result.problems.map((p) => `${p.file}#${p.row}`)).size };
   const states: SubjectStateUpdate[] = [];
-  const state = (destination: Destination, value: SubjectStateUpdate['state']) => states.push({ subject: data.subject, destination: destination.name, state: value });
+  const state = (destination: Destination, value: SubjectStateUpdate['state'], job?: string) =>
+    states.push({ subject: data.subject, destination: destination.name, state: value, ...(job !== undefined ? { job } : {}) });
   if (!subject) {
     increments[COUNTERS.subjectsRejected] = 1;
     states.push({ subject: data.subject, state: 'rejected' });
@@ -397,7 +398,7 @@ export async function runMappingJob(ctx: PipelineContext, store: PipelineStore, 
       }
       const added = await enqueue(deliveryId, { submissionId: data.submissionId, destination: destination.name, site: data.site, subject: data.subject, bundle: serialized, origin: jobId });
       deliveries.push({ destination: destination.name, jobId: deliveryId, added });
-      state(destination, added ? 'pending' : 'duplicate');
+      state(destination, added ? 'pending' : 'duplicate', added ? undefined : deliveryId);
       const counter = perDestination(added ? COUNTERS.deliveryQueued : COUNTERS.deliveryDuplicates, destination.name);
       increments[counter] = (increments[counter] ?? 0) + 1;
     }
