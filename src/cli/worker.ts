@@ -15,6 +15,7 @@ import { loadMapping } from '../mapping/load.ts';
 import { DEFAULT_PREFIX } from '../queue/names.ts';
 import { QueuePipeline, type QueueConnection, type QueuePipelineOptions } from '../queue/pipeline.ts';
 import type { DeliveryJobData, DeliveryJobResult, MappingJobData, MappingJobResult } from '../queue/stages.ts';
+import { createLogger } from '../log.ts';
 
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 
@@ -76,7 +77,9 @@ export async function pipelineFromCli(
   // The validator is needed to map; replay alone needs it only for destinations that require profiles.
   const validator = withMappings || destinations.some((d) => d.profiles.length > 0) ? await defaultValidator() : null;
   const retention = options.deadLetterDays !== undefined ? { retention: { ...extra.retention, deadLetterSeconds: options.deadLetterDays * 86_400 } } : {};
-  const pipeline = new QueuePipeline({ connection: redisConnection(), prefix: options.prefix, mappings, destinations, validator, ...extra, ...retention });
+  // Each delivery logs its per-entry outcome counts (status classes, never values).
+  const logger = createLogger({ name: 'delivery' });
+  const pipeline = new QueuePipeline({ connection: redisConnection(), prefix: options.prefix, mappings, destinations, validator, logger, ...extra, ...retention });
   return { pipeline, destinations, mappings };
 }
 

@@ -110,4 +110,33 @@ describe('TransactionBatcher against the embedded FHIR server', () => {
     expect(results.every((r) => r.outcome === 'delivered')).toBe(true);
     expect(bodies.map((b) => b.entry!.length)).toEqual([limit - 1, bundles[2].entry!.length]);
   });
+
+  it('judges each subject of a shared transaction a non-atomic server answered entry by entry by its own entries, without sending again', async () => {
+    // The second subject's Patient refused inside a 200 (Medplum running the transaction as a batch).
+    const refusedUrl = bundles[1].entry!.find((e) => e.resource!.resourceType === 'Patient')!.request!.url;
+    nock('http://batch.test')
+      .post('/fhir')
+      .reply(200, async (request: Request) => {
+        const body = (await request.json()) as Bundle;
+        return {
+          resourceType: 'Bundle',
+          type: 'transaction-response',
+          entry: body.entry!.map((e) =>
+            e.request!.url === refusedUrl
+              ? { response: { status: '400', outcome: { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'invalid', diagnostics: 'birthDate in the future' }] } } }
+              : { response: { status: '201 Created' } },
+          ),
+        };
+      });
+    const batcher = new TransactionBatcher(new FhirClient({ baseUrl: 'http://batch.test/fhir' }), { subjects: 3, entries: 1000 }, () => OPTIONS);
+    const results = await Promise.all(bundles.map((b) => batcher.deliver(serializeBundle(b))));
+    expect(results.map((r) => r.outcome)).toEqual(['delivered', 'rejected', 'delivered']);
+    expect(batcher.stats).toMatchObject({ batches: 1, fallbacks: 0 });
+    const failures = results[1].rejection!.entries!;
+    // The Patient, and every entry of that subject referring to it (all of them but the ResearchStudy).
+    const patientAt = bundles[1].entry!.findIndex((e) => e.request!.url === refusedUrl);
+    expect(failures.find((f) => f.dependsOn === undefined)).toMatchObject({ index: patientAt, resourceType: 'Patient', status: 400 });
+    expect(failures.filter((f) => f.dependsOn !== undefined).length).toBeGreaterThan(3);
+    expect(nock.isDone()).toBe(true);
+  });
 });

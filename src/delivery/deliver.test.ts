@@ -122,7 +122,8 @@ describe('deliverBundle against faults', () => {
       })
       .post('/fhir/R4')
       .reply(200, answerTransaction);
-    const result = await deliverBundle(new FhirClient({ baseUrl: BASE, timeoutMs: 50 }), bundle, options(sleep));
+    // The first answer never comes; 1 s leaves the second one room on a loaded machine.
+    const result = await deliverBundle(new FhirClient({ baseUrl: BASE, timeoutMs: 1000 }), bundle, options(sleep));
     expect(scope.isDone()).toBe(true);
     expect(result.rejection).toBeUndefined();
     expect(result.outcome).toBe('delivered');

@@ -388,7 +388,8 @@ function judge(client: FhirClient, response: FhirResponse<Bundle>, checked: Chec
   }
   const all = [...failures, ...dependents(named, failures)];
   const first = permanent[0];
-  const message = `${all.length} of ${answers.length} entries not delivered (${summarise(all)}): ${all.slice(0, 5).map((f) => describeFailure(f, named)).join('; ')}${all.length > 5 ? `; and ${all.length - 5} more` : ''}`;
+  const applied = failures.length < answers.length ? ` (the destination applies a transaction entry by entry: the other ${answers.length - failures.length} were applied)` : '';
+  const message = `${all.length} of ${answers.length} entries not delivered (${summarise(all)})${applied}: ${all.slice(0, 5).map((f) => describeFailure(f, named)).join('; ')}${all.length > 5 ? `; and ${all.length - 5} more` : ''}`;
   const issues = all.flatMap((f) => f.outcome?.issue ?? []);
   return {
     status: first.status,

@@ -12,6 +12,8 @@ import { deliverBundle, type DeliverOptions } from './deliver.ts';
 import { startEmbeddedFhirServer, type EmbeddedFhirServer } from './embedded-server.ts';
 import { parseBundle, serializeBundle, type SerializedBundle } from './serialized-bundle.ts';
 import { MemorySharedEntryStore, RedisSharedEntryStore, SharedEntries, withoutShared } from './shared-entries.ts';
+import { destinationWithDefaults } from './destinations.ts';
+import { runInProcess } from '../queue/in-process.ts';
 
 let bundles: SerializedBundle[];
 let server: EmbeddedFhirServer | undefined;
@@ -112,5 +114,24 @@ describe('trial-wide entries written once per destination', () => {
       expect(prepared.rejection!.message).toMatch(/^the trial-wide ResearchStudy every subject refers to was refused: ResearchStudy.status is required/);
     }
     expect(nock.isDone()).toBe(true);
+  });
+
+  it('the in-process runner (the demo) writes the ResearchStudy once for the three sample sites, subjects sharing transactions', async () => {
+    server = await startEmbeddedFhirServer();
+    const mappings = await Promise.all(SAMPLE_SITES.map(async (site) => compileMapping(await loadMapping(site.mapping))));
+    const destination = destinationWithDefaults({ name: 'hospital', kind: 'hospital', baseUrl: server.baseUrl, transactions: true, maxEntries: 1000, concurrency: 4, subjectsPerTransaction: 4 });
+    const result = await runInProcess({
+      exports: SAMPLE_SITES.map((sample) => ({ site: sample.site, inputs: [sample.input] })),
+      mappings,
+      destinations: [destination],
+      validator: null,
+      recorded: '2019-01-01T00:00:00Z',
+    });
+    const client = new FhirClient({ baseUrl: server.baseUrl });
+    expect(result.submission.destinations.hospital.deadLettered ?? 0).toBe(0);
+    expect(result.submission.destinations.hospital.delivered).toBeGreaterThan(40);
+    const [study, ...others] = await studies(client);
+    expect(others).toEqual([]);
+    expect((await client.get<Bundle>(`ResearchStudy/${study.id}/_history`)).body!.entry).toHaveLength(1);
   });
 });

@@ -31,6 +31,8 @@ export interface SharedEntryStore {
   set(key: string, value: string, ttlMs: number): Promise<void>;
   /** Removes `key` if it still holds `value` (a writer frees only its own claim). */
   release(key: string, value: string): Promise<void>;
+  /** Extends `key`'s expiry if it still holds `value` (a live writer keeps its claim). */
+  extend(key: string, value: string, ttlMs: number): Promise<void>;
 }
 
 /** In one process (the in-process runner, tests). */
@@ -56,10 +58,16 @@ export class MemorySharedEntryStore implements SharedEntryStore {
   async release(key: string, value: string): Promise<void> {
     if (this.#values.get(key)?.value === value) this.#values.delete(key);
   }
+
+  async extend(key: string, value: string, ttlMs: number): Promise<void> {
+    if ((await this.get(key)) === value) this.#values.set(key, { value, until: Date.now() + ttlMs });
+  }
 }
 
 /** Removes the key only when it holds the caller's claim. */
 const RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+/** Extends the key's expiry only while it holds the caller's claim. */
+const EXTEND_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 
 /** Shared by every worker of a queue prefix. */
 export class RedisSharedEntryStore implements SharedEntryStore {
@@ -86,12 +94,19 @@ export class RedisSharedEntryStore implements SharedEntryStore {
   async release(key: string, value: string): Promise<void> {
     await this.#redis.eval(RELEASE_SCRIPT, 1, this.#prefix + key, value);
   }
+
+  async extend(key: string, value: string, ttlMs: number): Promise<void> {
+    await this.#redis.eval(EXTEND_SCRIPT, 1, this.#prefix + key, value, String(ttlMs));
+  }
 }
 
 export interface SharedEntriesOptions {
   /** How long a written entry is trusted to be on the server (default 1 h). */
   readonly writtenTtlMs?: number;
-  /** How long a claim holds when its writer dies (default 2 min: longer than a write with its retries). */
+  /**
+   * How long a claim outlives its writer (default 10 s): a live writer extends it every third of that for as long
+   * as its write takes (retries included), so a worker killed mid-write holds the others back 10 s at most.
+   */
   readonly claimTtlMs?: number;
   /** How long a bundle waits for another worker's write before failing retryable (default 20 s). */
   readonly waitMs?: number;
@@ -119,7 +134,7 @@ export class SharedEntries {
   constructor(store: SharedEntryStore = new MemorySharedEntryStore(), options: SharedEntriesOptions = {}) {
     this.#store = store;
     this.#writtenTtlMs = options.writtenTtlMs ?? 3_600_000;
-    this.#claimTtlMs = options.claimTtlMs ?? 120_000;
+    this.#claimTtlMs = options.claimTtlMs ?? 10_000;
     this.#waitMs = options.waitMs ?? 20_000;
     this.#pollMs = options.pollMs ?? 100;
     this.#sleep = options.sleep ?? ((ms) => delay(ms));
@@ -154,6 +169,8 @@ export class SharedEntries {
       const held = await this.#store.get(key);
       if (held?.startsWith(WRITTEN)) return held.slice(WRITTEN.length);
       if (held === undefined && (await this.#store.claim(key, claim, this.#claimTtlMs))) {
+        const heartbeat = setInterval(() => void this.#store.extend(key, claim, this.#claimTtlMs).catch(() => {}), Math.max(1, Math.floor(this.#claimTtlMs / 3)));
+        heartbeat.unref();
         try {
           const written = await this.#write(client, fullUrl, json, options);
           if (typeof written === 'string') await this.#store.set(key, WRITTEN + written, this.#writtenTtlMs);
@@ -162,6 +179,8 @@ export class SharedEntries {
         } catch (error) {
           await this.#store.release(key, claim);
           throw error;
+        } finally {
+          clearInterval(heartbeat);
         }
       }
       if (waited >= this.#waitMs) {

@@ -45,6 +45,7 @@ import { CircuitOpenError } from '../delivery/circuit-breaker.ts';
 import { Redis } from 'ioredis';
 import type { Destination } from '../delivery/destinations.ts';
 import { fromStoredBundle, type SerializedEntry, type StoredBundle } from '../delivery/serialized-bundle.ts';
+import { RedisSharedEntryStore } from '../delivery/shared-entries.ts';
 import { RedisPacer } from '../delivery/pacing.ts';
 import { RedisBundles } from './bundle-store.ts';
 import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
@@ -252,6 +253,8 @@ export class QueuePipeline {
     this.submissions = new RedisSubmissions(this.redis, this.names);
     this.deadLetters = new RedisDeadLetters(this.redis, this.names, this.submissions, options.retention?.deadLetterSeconds);
     this.bundles = new RedisBundles(this.redis, this.names);
+    // Trial-wide entries (the ResearchStudy) written once per destination by whichever worker claims them first.
+    this.context.useSharedEntryStore(new RedisSharedEntryStore(this.redis, `${this.names.prefix}:shared:`));
     this.delivered = new RedisDelivered(this.redis, this.names, options.retention?.deliveredSeconds ?? options.retention?.deadLetterSeconds);
     this.subjectStates = new RedisSubjectStates(this.redis, this.names);
     const submissions = this.submissions;
@@ -436,7 +439,7 @@ export class QueuePipeline {
       chunk.forEach((job, j) => mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added: !exists[j] }));
     }
     const queued = mappingJobs.filter((j) => j.added).length;
-    await this.subjectStates.set(submissionId, mappingJobs.map((j) => (j.added ? { subject: j.subject, state: 'submitted' } : { subject: j.subject, state: 'duplicate', job: j.jobId })));
+    await this.subjectStates.set(submissionId, mappingJobs.map((j) => ({ subject: j.subject, state: j.added ? 'submitted' : 'duplicate' })));
     const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
     // Counted once under a key of this call: a command ioredis sends again after a reconnection (its answer
     // lost in a crash) does not count the export twice.
@@ -572,13 +575,6 @@ export class QueuePipeline {
         await untilFinished(queue, DELIVER_JOB, jobId, events);
       }),
     );
-  }
-
-  /** The submission a job belongs to (a delivery job: give its destination), while BullMQ keeps the job. */
-  async jobSubmission(jobId: string, destination?: string): Promise<string | undefined> {
-    const queue = destination === undefined ? this.#mappingQueue : this.#deliveryQueues.get(destination);
-    const data = queue ? await this.redis.hget(queue.toKey(jobId), 'data') : null;
-    return data === null ? undefined : (JSON.parse(data) as { submissionId?: string }).submissionId;
   }
 
   submission(id: string): Promise<SubmissionCounters> {

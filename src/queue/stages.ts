@@ -11,8 +11,10 @@ import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../deliv
 import type { FhirClient } from '../delivery/client.ts';
 import { destinationClient } from '../delivery/destination-client.ts';
 import { TransactionBatcher } from '../delivery/batcher.ts';
-import { incidentLine, MemoryPacer, paced, paceSignal, type Pacer, type PacingIncident } from '../delivery/pacing.ts';
 import { DeliveryRetryableError, type DeliverOptions, type DeliveryResult } from '../delivery/deliver.ts';
+import { SharedEntries, type SharedEntryStore } from '../delivery/shared-entries.ts';
+import { incidentLine, MemoryPacer, paced, paceSignal, type Pacer, type PacingIncident } from '../delivery/pacing.ts';
+import type { Logger } from '../log.ts';
 import { serializeBundle, type SerializedBundle } from '../delivery/serialized-bundle.ts';
 import type { Destination } from '../delivery/destinations.ts';
 import { pseudonymiseBundle } from '../delivery/pseudonymise.ts';
@@ -154,10 +156,12 @@ export interface PipelineConfig {
   readonly now?: () => number;
   /**
    * The pacer of a destination (delivery/pacing.ts): QueuePipeline's share its limit through Redis; by default
-   * each destination is paced in memory, and each incident is logged once (`onBackoff`, default a line on stderr).
+   * each destination is paced in memory, and each incident is logged once (`onBackoff`, default the logger).
    */
   readonly pacerFor?: (destination: Destination) => Pacer;
   readonly onBackoff?: (incident: PacingIncident) => void;
+  /** Where each delivery logs its per-entry outcome counts (status classes, never values); none: not logged. */
+  readonly logger?: Logger;
 }
 
 /** Prepared configuration: lookups and one FHIR client per destination. */
@@ -170,9 +174,12 @@ export class PipelineContext {
   readonly #pacers = new Map<string, Pacer>();
   /** Per process: each worker process judges a destination by what it saw itself. */
   readonly breakers: CircuitBreakers;
+  /** Trial-wide entries written once per destination (in process by default; QueuePipeline shares them through Redis). */
+  shared: SharedEntries;
 
   constructor(config: PipelineConfig) {
     this.breakers = new CircuitBreakers(config.now);
+    this.shared = new SharedEntries();
     this.config = config;
     for (const m of config.mappings) {
       if (this.#mappings.has(m.site)) throw new Error(`two mappings for site '${m.site}'`);
@@ -210,9 +217,19 @@ export class PipelineContext {
     return client;
   }
 
-  /** Delivers one subject's bundle to a destination, in a transaction shared with others where it allows. */
-  deliver(destination: Destination, bundle: SerializedBundle): Promise<DeliveryResult> {
-    return this.batcher(destination).deliver(bundle);
+  /** Keeps the record of trial-wide entries written in `store` (Redis: shared by every worker). */
+  useSharedEntryStore(store: SharedEntryStore): void {
+    this.shared = new SharedEntries(store);
+  }
+
+  /**
+   * Delivers one subject's bundle to a destination, in a transaction shared with others where it allows; its
+   * trial-wide entries (the ResearchStudy) are made sure of first, once per destination, and left out of it.
+   */
+  async deliver(destination: Destination, bundle: SerializedBundle): Promise<DeliveryResult> {
+    const prepared = await this.shared.prepare(this.client(destination), bundle, this.deliverOptions(destination));
+    if (prepared.rejection) return { outcome: 'rejected', attempts: 0, requests: 0, entries: { created: 0, updated: 0 }, statusClasses: {}, rejection: prepared.rejection };
+    return this.batcher(destination).deliver(prepared.bundle);
   }
 
   /** The destination's batcher in this process (its stats say how many transactions were shared). */
@@ -243,6 +260,7 @@ export class PipelineContext {
   /** One line per incident (entering backoff), never per retry. */
   readonly onBackoff = (incident: PacingIncident): void => {
     if (this.config.onBackoff) this.config.onBackoff(incident);
+    else if (this.config.logger) this.config.logger.warn({ event: 'backoff', ...incident }, 'backoff');
     else console.error(incidentLine(incident));
   };
 
@@ -515,13 +533,17 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
   // While the destination is paused nothing is sent; the caller waits (not an attempt) and tries again.
   if (!breaker.tryAcquire()) throw new CircuitOpenError(destination.name, breaker.retryAfterMs());
   let result;
+  const logged = { event: 'delivery', destination: destination.name, site: data.site };
   try {
     // Within the destination's shared limit and after any wait its server asked for (delivery/pacing.ts).
     result = await paced(ctx.pacer(destination), () => ctx.deliver(destination, data.bundle), paceSignal);
-    // A rejection of the data is an answer: the server is up.
-    breaker.success();
+    // A rejection of the data is an answer: the server is up. An unusable answer (a redirect, an HTML page) is not.
+    if (result.rejection?.kind === 'answer') breaker.failure();
+    else breaker.success();
+    ctx.config.logger?.info({ ...logged, outcome: result.outcome, entries: result.statusClasses, attempts: result.attempts, requests: result.requests, ...(result.rejection ? { status: result.rejection.status, kind: result.rejection.kind } : {}) }, 'delivery');
   } catch (error) {
     breaker.failure();
+    ctx.config.logger?.info({ ...logged, outcome: 'failed', ...(error instanceof DeliveryRetryableError ? { entries: error.statusClasses, kind: error.kind, status: error.status, attempts: error.attempts } : {}) }, 'delivery');
     if (!finalAttempt) throw error;
     const status = error instanceof DeliveryRetryableError ? error.status : (error as { status?: number }).status;
     return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}`, status);

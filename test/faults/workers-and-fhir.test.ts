@@ -272,7 +272,10 @@ describe('workers killed and the FHIR server down, slow, back', () => {
       {},
       {
         onRequest: async ({ method, body }) => {
-          if (method !== 'POST' || (victim !== undefined && hash(body) !== victim)) return;
+          // The trial-wide ResearchStudy goes first, alone (written once per destination): the victim is a subject's bundle.
+          if (method !== 'POST') return;
+          const studyAlone = (JSON.parse(body.toString('utf8')) as { entry?: { resource?: { resourceType?: string } }[] }).entry?.every((e) => e.resource?.resourceType === 'ResearchStudy');
+          if (studyAlone || (victim !== undefined && hash(body) !== victim)) return;
           victim ??= hash(body);
           held++;
           onHeld?.();
