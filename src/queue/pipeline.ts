@@ -439,7 +439,7 @@ export class QueuePipeline {
       chunk.forEach((job, j) => mappingJobs.push({ jobId: job.jobId, subject: job.data.subject, added: !exists[j] }));
     }
     const queued = mappingJobs.filter((j) => j.added).length;
-    await this.subjectStates.set(submissionId, mappingJobs.map((j) => ({ subject: j.subject, state: j.added ? 'submitted' : 'duplicate' })));
+    await this.subjectStates.set(submissionId, mappingJobs.map((j) => (j.added ? { subject: j.subject, state: 'submitted' } : { subject: j.subject, state: 'duplicate', job: j.jobId })));
     const recordsRejected = new Set(read.problems.map((p) => `${p.file}#${p.row}`)).size;
     // Counted once under a key of this call: a command ioredis sends again after a reconnection (its answer
     // lost in a crash) does not count the export twice.
@@ -575,6 +575,13 @@ export class QueuePipeline {
         await untilFinished(queue, DELIVER_JOB, jobId, events);
       }),
     );
+  }
+
+  /** The submission a job belongs to (a delivery job: give its destination), while BullMQ keeps the job. */
+  async jobSubmission(jobId: string, destination?: string): Promise<string | undefined> {
+    const queue = destination === undefined ? this.#mappingQueue : this.#deliveryQueues.get(destination);
+    const data = queue ? await this.redis.hget(queue.toKey(jobId), 'data') : null;
+    return data === null ? undefined : (JSON.parse(data) as { submissionId?: string }).submissionId;
   }
 
   submission(id: string): Promise<SubmissionCounters> {
