@@ -241,7 +241,7 @@ export function openApiDocument(): Record<string, unknown> {
                   destination: { type: 'string' },
                   state: { enum: ['delivered', 'dead-lettered', 'pending', 'not-for-destination'] },
                   deadLetters: { type: 'array', items: { type: 'string' }, description: 'Ids of the dead letters holding it back (dead-lettered only)' },
-                  deliveredBy: { type: 'string', description: 'The earlier submission that delivered the same data (this one was a duplicate)' },
+                  sameAs: { type: 'string', description: "A duplicate: the earlier submission whose identical data stands for this one's; the state is that one's" },
                 },
               },
             },

@@ -18,8 +18,11 @@ export interface SubmissionSubjects {
 
 export async function submissionSubjects(pipeline: QueuePipeline, submissionId: string, site: string): Promise<SubmissionSubjects> {
   const destinations = pipeline.context.destinationsFor(site).map((d) => d.name);
-  const letters = await pipeline.deadLetters.list(submissionId);
-  const subjects = await pipeline.subjectStates.list(submissionId, site, destinations, letters, pipeline.delivered);
+  const subjects = await pipeline.subjectStates.list(submissionId, site, destinations, {
+    deadLetters: (id) => pipeline.deadLetters.list(id),
+    delivered: pipeline.delivered,
+    submissionOf: (job, destination) => pipeline.jobSubmission(job, destination),
+  });
   const counts: Record<SubjectState['state'], number> = { delivered: 0, 'dead-lettered': 0, pending: 0, 'not-for-destination': 0 };
   for (const s of subjects) counts[s.state]++;
   return { submission: submissionId, site, subjects, counts };

@@ -243,7 +243,8 @@ export function mapRecords(mapping: CompiledMapping, records: readonly SourceRec
       continue;
     }
     if (!mapping.consumedTypes.has(record.type)) {
-      problems.push(problemFor(record, typeField, `no rule of the mapping reads records of type '${record.type}'`));
+      // The type is the record's own value: the rejects file keeps it, the reason does not quote it.
+      problems.push(problemFor(record, typeField, 'no rule of the mapping reads records of this type', record.type));
       continue;
     }
     if (!record.subject) {

@@ -3,7 +3,13 @@
  * another system's resource, against the embedded server (@medplum/fhir-router), in transaction and in
  * individual-update mode.
  */
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mapExport } from '../bundle/map-export.ts';
+import { compileMapping } from './compile.ts';
+import { loadMapping } from './load.ts';
 import type { AdverseEvent, Bundle, Patient } from '@medplum/fhirtypes';
 import { FhirClient } from '../delivery/client.ts';
 import { deliverBundle } from '../delivery/deliver.ts';
@@ -136,5 +142,21 @@ describe('crafted keys against the embedded server', () => {
     // `Z9\|x` under site A's system, escaped as R4 says, finds site A's Z9: the matcher unescapes, then splits on '|'.
     const found = (await client.get<Bundle>(`Patient?identifier=${tokenSearchParam(SITE_A, 'Z9|x')}`)).body!.entry ?? [];
     expect(found.map((e) => (e.resource as Patient).identifier![0].value)).toEqual(['Z9']);
+  });
+
+  it('the mapping rejects the records of a subject whose key holds |, with the reason, and maps the others', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'tb-key-'));
+    try {
+      const csv = await readFile('examples/site-a/export.csv', 'utf8');
+      await writeFile(join(dir, 'export.csv'), csv.replaceAll(',A001,', `,A001|${SITE_B}|101,`));
+      const mapped = await mapExport(await compileMapping(await loadMapping('mappings/site-a.yaml')), [dir], { recorded: '2019-01-01T00:00:00Z', validate: false });
+      const crafted = mapped.summary.rejects.filter((p) => p.reason.includes("holds '|'"));
+      expect(crafted.length).toBeGreaterThan(0);
+      expect(mapped.bundles.some((b) => b.subject.startsWith('A001'))).toBe(false);
+      expect(mapped.bundles.some((b) => b.subject === 'A002')).toBe(true);
+      for (const b of mapped.bundles) for (const e of b.bundle.entry!) expect(decodeURIComponent(e.request!.url)).not.toContain(SITE_B);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -136,7 +136,21 @@ describe.runIf(redisUp)('GET /v1/submissions/{id}/subjects', () => {
     expect((await fetch(`${base}/v1/dead-letters/${mapping!.replaceAll('%2E', '.')}`, { headers: auth(SITE_A_KEY) })).status).toBe(404);
     const replay = await fetch(`${base}/v1/dead-letters/${delivery}/replay`, { method: 'POST', headers: auth(SITE_A_KEY) });
     expect(replay.status).toBe(202);
-    expect(((await replay.json()) as { replayed: string[] }).replayed).toEqual([delivery]);
+    const replayed = (await replay.json()) as { replayed: string[]; jobs: string[] };
+    expect(replayed.replayed).toEqual([delivery]);
+    // Refused again by the strict server: dead-lettered again, under the replay's own dead letter.
+    await pipeline.waitForJobs(replayed.jobs.map((jobId) => ({ destination: 'strict', jobId })));
+  });
+
+  it('gives a re-submitted, unchanged export the states of the submission that stands for it', async () => {
+    const form = new FormData();
+    form.append('files', new Blob([await readFile('examples/site-a/export.csv')], { type: 'text/csv' }), 'export.csv');
+    const again = (await (await fetch(`${base}/v1/sites/site-a/submissions`, { method: 'POST', headers: auth(SITE_A_KEY), body: form })).json()) as { id: string; queued: number };
+    expect(again.queued).toBe(0);
+    const get = async (id: string) => ((await (await fetch(`${base}/v1/submissions/${id}/subjects`, { headers: auth(SITE_A_KEY) })).json()) as SubmissionSubjects).subjects;
+    const [first, second] = [await get(submission), await get(again.id)];
+    expect(second.map(({ sameAs, ...row }) => [sameAs, row])).toEqual(first.map((row) => [submission, row]));
+    expect(second.filter((s) => s.state === 'dead-lettered').length).toBeGreaterThan(0);
   });
 
   it('is refused to another site exactly as the submission itself is', async () => {

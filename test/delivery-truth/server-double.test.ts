@@ -238,6 +238,8 @@ describe('the server double', () => {
     expect([empty.status, (empty.body as Bundle).type, (empty.body as Bundle).entry]).toEqual([200, 'transaction-response', undefined]);
     d.behave({ answer: { kind: 'short', entries: 1 } });
     expect(statuses((await post(d, subjectBundle('S1', 2, 1))).body)).toEqual(['201 Created']);
+    d.behave({ answer: { kind: 'short', missing: 1 } });
+    expect(statuses((await post(d, subjectBundle('S1', 2, 1))).body)).toEqual(['201 Created', '201 Created']);
     expect((await d.holdings(['Patient', 'Observation'])).resources).toBe(0);
   });
 

@@ -15,7 +15,8 @@
  *   await ServerDouble.start({ strict: true });                                  // d. referential integrity + base R4 validation and required bindings
  *   await ServerDouble.start({ answer: { kind: 'redirect' } });                  // e. 307 to another listener (double.redirectTarget)
  *   await ServerDouble.start({ answer: { kind: 'html' } });                      // f. a 200 HTML login page
- *   await ServerDouble.start({ answer: { kind: 'short', entries: 0 } });         // g. 200 transaction-response with fewer entries than sent
+ *   await ServerDouble.start({ answer: { kind: 'short', entries: 0 } });         // g. 200 transaction-response without entries,
+ *   await ServerDouble.start({ answer: { kind: 'short', missing: 1 } });         //    or with fewer entries than sent
  *   await ServerDouble.start({ answer: { kind: 'oversized', bytes: 600 * MiB } }); // h. a 600 MB answer, generated chunk by chunk
  *
  *   double.behave({ ... });   // switch at run time (replaces the whole behaviour); double.behave({}) clears every fault
@@ -81,8 +82,9 @@ export type AnswerBehaviour =
   | { readonly kind: 'redirect' }
   /** 200 text/html: a login page. */
   | { readonly kind: 'html' }
-  /** 200 transaction-response with `entries` entries (0: none), whatever was sent; nothing is applied. */
+  /** 200 transaction-response with `entries` entries (0: none), or `missing` fewer than sent; nothing is applied. */
   | { readonly kind: 'short'; readonly entries: number }
+  | { readonly kind: 'short'; readonly missing: number }
   /** 200 application/fhir+json of `bytes` bytes, streamed lazily (generated chunk by chunk, never held whole). */
   | { readonly kind: 'oversized'; readonly bytes: number };
 
@@ -590,7 +592,8 @@ export class ServerDouble {
         return;
       case 'short': {
         const sent = body.length > 0 ? (JSON.parse(body.toString('utf8')) as Bundle).entry ?? [] : [];
-        const entries: BundleEntry[] = sent.slice(0, answer.entries).map(() => ({ response: { status: '201 Created' } }));
+        const count = 'entries' in answer ? answer.entries : Math.max(0, sent.length - answer.missing);
+        const entries: BundleEntry[] = sent.slice(0, count).map(() => ({ response: { status: '201 Created' } }));
         send(res, 200, { resourceType: 'Bundle', type: 'transaction-response', ...(entries.length > 0 ? { entry: entries } : {}) });
         return;
       }
