@@ -39,7 +39,8 @@ function cli(...args: string[]) {
 }
 
 describe('trialbridge dlq', () => {
-  it('lists and shows dead letters without subject ids, and replays them into the fixed destination', async () => {
+  // Several CLI runs, each a Node process loading the service.
+  it('lists and shows dead letters without subject ids, and replays them into the fixed destination', { timeout: 180_000 }, async () => {
     const rejecting = await startEmbeddedFhirServer({ maxTransactionEntries: 3 });
     const fixed = await startEmbeddedFhirServer();
     cleanups.push(() => rejecting.close(), () => fixed.close());

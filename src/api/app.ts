@@ -14,16 +14,17 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { Transform, type Writable } from 'node:stream';
 import { createBullBoard } from '@bull-board/api';
-import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import express, { type Express, type Request, type RequestHandler, type Response } from 'express';
 import multer from 'multer';
 import { createLogger, type Logger } from '../log.ts';
+import { publicDeadLetter } from '../queue/dead-letters.ts';
+import { RETENTION_SECONDS } from '../queue/names.ts';
 import type { QueuePipeline, SubmitResult } from '../queue/pipeline.ts';
 import type { DeadLetter } from '../queue/stages.ts';
 import { SourceFileError } from '../source/raw.ts';
@@ -31,8 +32,10 @@ import { parseStrictJson, StrictJsonError } from '../source/strict-json.ts';
 import { ApiError, closeAfterResponse, createErrorHandler, notFound, sendError } from './errors.ts';
 import { ApiKeyStore, keyMatchesHash } from './keys.ts';
 import { createMetrics, type ApiMetrics } from './metrics.ts';
+import { boardAdapter } from './board.ts';
 import { openApiDocument } from './openapi.ts';
 import { pathIdCandidates, submissionSubjects } from './subjects.ts';
+import { SubmitThread } from './submit-thread.ts';
 
 export interface CreateAppOptions {
   readonly pipeline: QueuePipeline;
@@ -47,6 +50,15 @@ export interface CreateAppOptions {
   readonly checkDestinations?: boolean;
   /** Timeout of each readiness probe, ms (default 2000). */
   readonly readinessTimeoutMs?: number;
+  /** How long a readiness answer is reused, ms (default 5000): probes run at most that often, whoever asks. */
+  readonly readinessCacheMs?: number;
+  /**
+   * Bull Board actions (retry, remove, promote, clean, pause, add, edit jobs) for the admin key, each audited;
+   * default false: the board only shows queues and jobs.
+   */
+  readonly queueAdmin?: boolean;
+  /** Read uploads in a worker thread, off the request loop (default true; on the loop when mappings were not loaded from files). */
+  readonly readOffThread?: boolean;
   /** Called after each accepted submission (embedding, tests: e.g. pipeline.waitForSubmission). */
   readonly onSubmission?: (result: SubmitResult) => void;
   /** Operational log (errors, refusals of the server's own making); default: JSON lines on stderr. */
@@ -61,8 +73,6 @@ export type ApiApp = Express & {
   close(): Promise<void>;
 };
 
-/** What is kept per submission made through the API: its site (the counters do not record it). */
-const SUBMISSION_TTL_SECONDS = 30 * 24 * 3600;
 const MAX_FILES = 200;
 /** Nesting of a JSON submission body: `{ files: [{ name, content }] }` needs 3. */
 const MAX_BODY_DEPTH = 8;
@@ -86,6 +96,7 @@ export function createApp(options: CreateAppOptions): ApiApp {
   const audit = options.audit ?? logger.child({ channel: 'audit' });
   const metrics = createMetrics(pipeline, logger);
   const siteKey = (id: string) => `${pipeline.names.prefix}:tb-api:submission-site:${encodeURIComponent(id)}`;
+  const submitThread = options.readOffThread === false ? undefined : SubmitThread.for(pipeline);
 
   const app = express() as unknown as ApiApp;
   app.disable('x-powered-by');
@@ -105,7 +116,10 @@ export function createApp(options: CreateAppOptions): ApiApp {
     res.json({ status: 'ok' });
   });
 
-  app.get('/readyz', async (_req, res) => {
+  // Probed at most every readinessCacheMs whoever asks: an anonymous caller cannot make the API call every
+  // destination per request. Anonymous callers learn ready or not; the checks (destination names, errors) only
+  // the admin key sees.
+  const readiness = cached(options.readinessCacheMs ?? 5000, async () => {
     const timeout = options.readinessTimeoutMs ?? 2000;
     const checks: Record<string, { ok: boolean; message?: string }> = {};
     checks.redis = await probe(async () => {
@@ -123,8 +137,14 @@ export function createApp(options: CreateAppOptions): ApiApp {
         }),
       );
     }
-    const ready = Object.values(checks).every((c) => c.ok);
-    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', checks });
+    return { ready: Object.values(checks).every((c) => c.ok), checks };
+  });
+
+  app.get('/readyz', async (req, res) => {
+    const { ready, checks } = await readiness();
+    const key = presentedKey(req);
+    const admin = adminKeyHash !== undefined && key !== undefined && keyMatchesHash(key, adminKeyHash);
+    res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...(admin ? { checks } : {}) });
   });
 
   app.get('/metrics', async (_req, res) => {
@@ -139,16 +159,22 @@ export function createApp(options: CreateAppOptions): ApiApp {
   const board = new ExpressAdapter();
   board.setBasePath('/admin/queues');
   createBullBoard({
-    queues: [pipeline.mappingQueue, ...pipeline.context.config.destinations.map((d) => pipeline.deliveryQueue(d.name))].map((q) => new BullMQAdapter(q, { readOnlyMode: false })),
+    queues: [pipeline.mappingQueue, ...pipeline.context.config.destinations.map((d) => pipeline.deliveryQueue(d.name))].map((q) => boardAdapter(q, options.queueAdmin ?? false)),
     // @bull-board/express may carry its own copy of @bull-board/api: same interface, distinct declarations.
     serverAdapter: board as unknown as Parameters<typeof createBullBoard>[0]['serverAdapter'],
   });
   app.use(
     '/admin/queues',
-    (req, _res, next) => {
+    (req, res, next) => {
       const key = presentedKey(req);
       if (!adminKeyHash) return next(new ApiError(404, 'not_found', 'the admin UI is not configured'));
       if (key === undefined || !keyMatchesHash(key, adminKeyHash)) return next(new ApiError(401, 'unauthorized', 'a valid admin key is required'));
+      // The board's API writes with PUT/POST/PATCH/DELETE: refused here when read-only (whatever the board itself
+      // would check), else each action leaves an audit line.
+      if (req.method !== 'GET' && req.method !== 'HEAD') {
+        if (!options.queueAdmin) return next(new ApiError(405, 'read_only', 'the queue board is read-only (serve --queue-admin allows its actions)'));
+        res.on('finish', () => audit.info({ event: 'queue-admin.action', method: req.method, path: req.path, status: res.statusCode }, 'queue admin action'));
+      }
       next();
     },
     board.getRouter() as RequestHandler,
@@ -228,7 +254,7 @@ export function createApp(options: CreateAppOptions): ApiApp {
         void rm(dir, { recursive: true, force: true }).finally(() => next(reported));
       };
       if (req.is('multipart/form-data')) {
-        upload.array('files', MAX_FILES)(req, res, (error?: unknown) => (error ? cleanupOnError(error) : next()));
+        upload.array('files', MAX_FILES)(req, res, (error?: unknown) => (error ? cleanupOnError(multipartError(error)) : next()));
       } else if (req.is('application/json')) {
         jsonBody(req, res, (error?: unknown) => (error ? cleanupOnError(error) : next()));
       } else {
@@ -245,10 +271,10 @@ export function createApp(options: CreateAppOptions): ApiApp {
         if (req.is('application/json')) locals.uploaded = await writeJsonFiles(dir, req.body);
         else if (!Array.isArray(req.files) || req.files.length === 0) throw new ApiError(400, 'no_files', 'no files in field "files"');
         const id = randomUUID();
-        await pipeline.redis.set(siteKey(id), site, 'EX', SUBMISSION_TTL_SECONDS);
+        await pipeline.redis.set(siteKey(id), site, 'EX', RETENTION_SECONDS);
         let result: SubmitResult;
         try {
-          result = await pipeline.submitExport(site, [dir], { submissionId: id });
+          result = submitThread ? await submitThread.submit(site, [dir], { submissionId: id }) : await pipeline.submitExport(site, [dir], { submissionId: id });
         } catch (error) {
           await pipeline.redis.del(siteKey(id));
           if (error instanceof SourceFileError) {
@@ -285,11 +311,10 @@ export function createApp(options: CreateAppOptions): ApiApp {
     },
   );
 
-  /** The site of a submission made through the API; 404 unknown, 403 another site's. */
+  /** The site of a submission made through the API; 404 unknown or another site's (the answer says no more). */
   const submissionSite = async (res: Response, id: string): Promise<string> => {
     const site = await pipeline.redis.get(siteKey(id));
-    if (site === null) throw new ApiError(404, 'unknown_submission', `no submission '${id}'`);
-    if (site !== (res.locals as Locals).site) throw new ApiError(403, 'forbidden', `submission '${id}' belongs to another site`);
+    if (site === null || site !== (res.locals as Locals).site) throw new ApiError(404, 'unknown_submission', `no submission '${id}'`);
     return site;
   };
 
@@ -362,7 +387,8 @@ export function createApp(options: CreateAppOptions): ApiApp {
   });
 
   app.get('/v1/dead-letters/:id', async (req, res) => {
-    res.json(await siteDeadLetter(req, res));
+    const letter = await siteDeadLetter(req, res);
+    res.json({ ...deadLetterSummary(letter), submissionId: letter.submissionId, site: letter.site });
   });
 
   app.post('/v1/dead-letters/:id/replay', async (req, res) => {
@@ -401,18 +427,47 @@ export function createApp(options: CreateAppOptions): ApiApp {
 
   return Object.assign(app, {
     metrics,
-    close: () => metrics.close(),
+    close: async () => {
+      await submitThread?.close();
+      await metrics.close();
+    },
   });
 }
 
+/** Limits of the HTTP server on slow and many clients. */
+export interface ServerLimits {
+  /** The headers of a request must arrive within this, ms (default 30 000). */
+  readonly headersTimeoutMs?: number;
+  /**
+   * The whole request (headers and body) must arrive within this, ms (default 120 000: a 50 MB upload at
+   * 4 Mbit/s). A client trickling its body slower is answered 408 and cut off.
+   */
+  readonly requestTimeoutMs?: number;
+  /** An idle keep-alive connection is closed after this, ms (default 5 000). */
+  readonly keepAliveTimeoutMs?: number;
+  /** Connections open at once (default 256); more are refused (closed) at once. */
+  readonly maxConnections?: number;
+}
+
+export const DEFAULT_SERVER_LIMITS: Required<ServerLimits> = { headersTimeoutMs: 30_000, requestTimeoutMs: 120_000, keepAliveTimeoutMs: 5_000, maxConnections: 256 };
+
 /** Listens on `port` (0: any free port) on `host` (default 127.0.0.1); resolves once listening. */
-export function startServer(app: Express, port: number, host = '127.0.0.1'): Promise<Server> {
+export function startServer(app: Express, port: number, host = '127.0.0.1', limits: ServerLimits = {}): Promise<Server> {
+  const l = { ...DEFAULT_SERVER_LIMITS, ...limits };
+  // A body trickled in slowly holds a connection and an upload slot: cut off past these. Node requires
+  // headersTimeout <= requestTimeout, and checks both only every connectionsCheckingInterval (default 30 s).
+  const headersTimeout = Math.min(l.headersTimeoutMs, l.requestTimeoutMs);
+  const server = createServer(
+    { requestTimeout: l.requestTimeoutMs, headersTimeout, keepAliveTimeout: l.keepAliveTimeoutMs, connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 2))) },
+    app,
+  );
+  server.maxConnections = l.maxConnections;
   return new Promise((resolve, reject) => {
-    const server = app.listen(port, host, (error?: Error) => (error ? reject(error) : resolve(server)));
-    // A body trickled in slowly holds a connection: the whole request must arrive within 5 minutes,
-    // its headers within 30 s.
-    server.requestTimeout = 5 * 60_000;
-    server.headersTimeout = 30_000;
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve(server);
+    });
   });
 }
 
@@ -476,10 +531,27 @@ function presentedKey(req: Request): string | undefined {
   return typeof header === 'string' && header !== '' ? header : undefined;
 }
 
-/** A plain file name: no directories, no dot files, nothing a path could escape with. */
+/** What the multipart parser (busboy) says of a malformed body: its messages name the problem, never content. */
+const MALFORMED_MULTIPART = /^(Malformed part header|Malformed content type|Unexpected end of (form|file)|Multipart: Boundary not found)$/;
+
+/** A multipart parser's refusal as a 400 naming it (a NUL in a part's headers, e.g. its file name, is one). */
+function multipartError(error: unknown): unknown {
+  if (!(error instanceof Error) || error instanceof ApiError || !MALFORMED_MULTIPART.test(error.message)) return error;
+  const hint = error.message === 'Malformed part header' ? ' (control characters such as NUL in a file name, or a header line cut short)' : '';
+  return new ApiError(400, 'bad_upload', `bad multipart upload: ${error.message.toLowerCase()}${hint}`);
+}
+
+/** Control characters (C0, DEL, C1: NUL, ESC, newline, CSI/OSC starters) and bidi controls. */
+const CONTROL_IN_NAME = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/u;
+
+/**
+ * A plain file name: no directories, no dot files, nothing a path could escape with, and no control or
+ * escape character (a name reaches the audit log, dead letters and terminals).
+ */
 function safeFileName(name: unknown): string {
   const n = typeof name === 'string' ? name : '';
-  if (n === '' || n !== basename(n) || n.startsWith('.') || n.includes('\\') || n.includes('\0') || n.length > 200) {
+  if (CONTROL_IN_NAME.test(n)) throw new ApiError(400, 'bad_file_name', 'file names must not contain control characters (NUL, ESC, newline, ...)');
+  if (n === '' || n !== basename(n) || n.startsWith('.') || n.includes('\\') || n.length > 200) {
     throw new ApiError(400, 'bad_file_name', 'file names must be plain names (no directories, not starting with a dot)');
   }
   return n;
@@ -524,27 +596,43 @@ async function writeJsonFiles(dir: string, raw: unknown): Promise<UploadedFile[]
   return written;
 }
 
-/** A reject as the submission shows it: where and why, never the value. */
+/** A reject as the submission shows it: where and why (a reason code, a reason without values), never the value. */
 function rejectView(l: DeadLetter) {
+  const shown = publicDeadLetter(l);
   return {
     id: l.id,
     stage: l.stage,
     ...(l.location ? { file: l.location.file, row: l.location.row, recordKey: l.location.key, field: l.location.field } : {}),
-    reason: l.reason,
+    code: shown.code,
+    reason: shown.reason,
     replayable: l.replayable,
   };
 }
 
+/** A dead letter as listed and shown: no server or source text (publicDeadLetter), no subject. */
 function deadLetterSummary(l: DeadLetter) {
+  const shown = publicDeadLetter(l);
   return {
     id: l.id,
     stage: l.stage,
     ...(l.location ? { location: l.location } : {}),
     ...(l.destination ? { destination: l.destination } : {}),
     ...(l.status !== undefined ? { status: l.status } : {}),
-    reason: l.reason,
+    code: shown.code,
+    reason: shown.reason,
+    ...(shown.issues ? { issues: shown.issues } : {}),
     replayable: l.replayable,
     createdAt: l.createdAt,
+  };
+}
+
+/** `compute`'s answer, computed at most once per `ttlMs` (callers in between share it, or its computation). */
+function cached<T>(ttlMs: number, compute: () => Promise<T>): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | undefined;
+  return () => {
+    const now = Date.now();
+    if (!last || now - last.at >= ttlMs) last = { at: now, value: compute() };
+    return last.value;
   };
 }
 

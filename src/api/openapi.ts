@@ -46,7 +46,7 @@ export function openApiDocument(): Record<string, unknown> {
           operationId: 'getSubmission',
           summary: 'Counts per state and destination, and the rejected records with reasons (no field values)',
           parameters: [idParam('id', 'Submission id')],
-          responses: { '200': { description: 'The submission', content: json(ref('Submission')) }, ...errors(401, 403, 404) },
+          responses: { '200': { description: 'The submission', content: json(ref('Submission')) }, ...errors(401, 404) },
         },
       },
       '/v1/submissions/{id}/subjects': {
@@ -62,7 +62,7 @@ export function openApiDocument(): Record<string, unknown> {
           operationId: 'replaySubmission',
           summary: 'Replay every dead letter of a submission',
           parameters: [idParam('id', 'Submission id')],
-          responses: { '202': { description: 'Replayed', content: json(ref('ReplayResult')) }, ...errors(401, 403, 404) },
+          responses: { '202': { description: 'Replayed', content: json(ref('ReplayResult')) }, ...errors(401, 404) },
         },
       },
       '/v1/dead-letters': {
@@ -72,16 +72,16 @@ export function openApiDocument(): Record<string, unknown> {
           parameters: [{ name: 'submission', in: 'query', required: true, schema: { type: 'string' } }],
           responses: {
             '200': { description: 'Dead letters', content: json({ type: 'object', properties: { submission: { type: 'string' }, deadLetters: { type: 'array', items: ref('DeadLetterSummary') } } }) },
-            ...errors(400, 401, 403, 404),
+            ...errors(400, 401, 404),
           },
         },
       },
       '/v1/dead-letters/{id}': {
         get: {
           operationId: 'getDeadLetter',
-          summary: 'One dead letter (location, reason, OperationOutcome; never record values)',
+          summary: "One dead letter (location, reason code, reason without values, the OperationOutcome's severities and codes; never record or server text)",
           parameters: [idParam('id', 'Dead letter id')],
-          responses: { '200': { description: 'The dead letter', content: json(ref('DeadLetter')) }, ...errors(401, 403, 404) },
+          responses: { '200': { description: 'The dead letter', content: json(ref('DeadLetter')) }, ...errors(401, 404) },
         },
       },
       '/v1/dead-letters/{id}/replay': {
@@ -89,7 +89,7 @@ export function openApiDocument(): Record<string, unknown> {
           operationId: 'replayDeadLetter',
           summary: 'Replay one dead letter',
           parameters: [idParam('id', 'Dead letter id')],
-          responses: { '202': { description: 'Replayed', content: json(ref('ReplayResult')) }, ...errors(401, 403, 404) },
+          responses: { '202': { description: 'Replayed', content: json(ref('ReplayResult')) }, ...errors(401, 404) },
         },
       },
       '/healthz': {
@@ -98,7 +98,7 @@ export function openApiDocument(): Record<string, unknown> {
       '/readyz': {
         get: {
           operationId: 'ready',
-          summary: "Redis answers and each destination's /metadata is reachable",
+          summary: "Redis answers and each destination's /metadata is reachable (probed at most every 5 s; the checks only with the admin key)",
           security: [],
           responses: { '200': { description: 'Ready', content: json(ref('Readiness')) }, '503': { description: 'Not ready', content: json(ref('Readiness')) } },
         },
@@ -177,10 +177,12 @@ export function openApiDocument(): Record<string, unknown> {
             row: { type: 'integer' },
             recordKey: { type: 'string' },
             field: { type: 'string' },
-            reason: { type: 'string' },
+            code: ref('ReasonCode'),
+            reason: { type: 'string', description: 'Why, with quoted values and dates masked' },
             replayable: { type: 'boolean' },
           },
         },
+        ReasonCode: { enum: ['record_rejected', 'mapping_failed', 'delivery_rejected', 'delivery_gave_up', 'destination_profiles', 'bundle_expired'] },
         Submission: {
           type: 'object',
           required: ['id', 'site', 'status', 'counts', 'destinations', 'rejects'],
@@ -215,7 +217,9 @@ export function openApiDocument(): Record<string, unknown> {
             location: { type: 'object', properties: { file: { type: 'string' }, row: { type: 'integer' }, key: { type: 'string' }, field: { type: 'string' } } },
             destination: { type: 'string' },
             status: { type: 'integer' },
-            reason: { type: 'string' },
+            code: ref('ReasonCode'),
+            reason: { type: 'string', description: "Why, with quoted values and dates masked; a server's own text is not repeated" },
+            issues: { type: 'array', items: { type: 'object', properties: { severity: { type: 'string' }, code: { type: 'string' } } }, description: "The OperationOutcome's issues without their text" },
             replayable: { type: 'boolean' },
             createdAt: { type: 'string', format: 'date-time' },
           },
@@ -223,7 +227,7 @@ export function openApiDocument(): Record<string, unknown> {
         DeadLetter: {
           allOf: [ref('DeadLetterSummary')],
           type: 'object',
-          properties: { submissionId: { type: 'string' }, site: { type: 'string' }, subject: { type: 'string' }, jobId: { type: 'string' }, outcome: { type: 'object', description: 'FHIR OperationOutcome' } },
+          properties: { submissionId: { type: 'string' }, site: { type: 'string' } },
         },
         SubmissionSubjects: {
           type: 'object',

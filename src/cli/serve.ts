@@ -7,11 +7,11 @@
  * restart); SIGTERM/SIGINT stop taking requests and exit once the open ones are answered.
  */
 import type { Command } from 'commander';
-import { createApp, startServer } from '../api/app.ts';
+import { createApp, DEFAULT_SERVER_LIMITS, startServer } from '../api/app.ts';
 import { ApiKeyStore } from '../api/keys.ts';
 import { createLogger } from '../log.ts';
 import { DEFAULT_PREFIX } from '../queue/names.ts';
-import { DEFAULT_MAPPINGS, pipelineFromCli } from './worker.ts';
+import { DEAD_LETTER_DAYS_OPTION, DEFAULT_MAPPINGS, parseDays, pipelineFromCli, positiveInt } from './worker.ts';
 
 interface ServeOptions {
   readonly destinations: string;
@@ -23,6 +23,12 @@ interface ServeOptions {
   readonly bodyLimit?: string;
   readonly uploadDir?: string;
   readonly auditLog?: string;
+  readonly queueAdmin?: boolean;
+  readonly headersTimeout: number;
+  readonly requestTimeout: number;
+  readonly keepAliveTimeout: number;
+  readonly maxConnections: number;
+  readonly deadLetterDays?: number;
 }
 
 export function registerServe(program: Command): void {
@@ -38,6 +44,12 @@ export function registerServe(program: Command): void {
     .option('--body-limit <size>', "request body limit, e.g. '20mb'")
     .option('--upload-dir <dir>', 'where uploads wait until they are submitted')
     .option('--audit-log <file>', 'append the audit trail (JSON lines) to this file instead of the logs')
+    .option('--queue-admin', 'allow Bull Board actions (retry, remove, clean, pause, add, edit jobs) for the admin key, each audited; default read-only')
+    .option('--headers-timeout <ms>', 'the headers of a request must arrive within this', positiveInt('--headers-timeout'), DEFAULT_SERVER_LIMITS.headersTimeoutMs)
+    .option('--request-timeout <ms>', 'the whole request, body included, must arrive within this (slower clients get 408 and are cut off)', positiveInt('--request-timeout'), DEFAULT_SERVER_LIMITS.requestTimeoutMs)
+    .option('--keep-alive-timeout <ms>', 'idle keep-alive connections are closed after this', positiveInt('--keep-alive-timeout'), DEFAULT_SERVER_LIMITS.keepAliveTimeoutMs)
+    .option('--max-connections <n>', 'connections open at once; more are closed at once', positiveInt('--max-connections'), DEFAULT_SERVER_LIMITS.maxConnections)
+    .option(...DEAD_LETTER_DAYS_OPTION, parseDays)
     .action(async (options: ServeOptions) => {
       const port = Number(options.port);
       if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be a port number (got '${options.port}')`);
@@ -52,8 +64,14 @@ export function registerServe(program: Command): void {
         audit,
         ...(options.bodyLimit ? { bodyLimit: options.bodyLimit } : {}),
         ...(options.uploadDir ? { uploadDir: options.uploadDir } : {}),
+        queueAdmin: options.queueAdmin ?? false,
       });
-      const server = await startServer(app, port, options.host);
+      const server = await startServer(app, port, options.host, {
+        headersTimeoutMs: options.headersTimeout,
+        requestTimeoutMs: options.requestTimeout,
+        keepAliveTimeoutMs: options.keepAliveTimeout,
+        maxConnections: options.maxConnections,
+      });
       const address = server.address();
       logger.info({ event: 'listening', host: options.host, port: typeof address === 'object' && address ? address.port : port, apiKeys: apiKeys.size }, 'listening');
       const reload = async () => {

@@ -42,7 +42,7 @@ export function logJson(event: string, fields: Record<string, unknown> = {}): vo
   process.stdout.write(JSON.stringify({ time: new Date().toISOString(), event, ...fields }) + '\n');
 }
 
-function positiveInt(name: string): (value: string) => number {
+export function positiveInt(name: string): (value: string) => number {
   return (value) => {
     const n = Number(value);
     if (!Number.isInteger(n) || n < 1) throw new Error(`${name} must be a positive integer (got '${value}')`);

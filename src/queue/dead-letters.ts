@@ -258,10 +258,14 @@ const VALUE_PATTERNS: readonly RegExp[] = [
   /\b\d{1,4}[-/.]\d{1,2}[-/.]\d{1,4}(?:[T ][0-9:.]+(?:Z|[+-]\d{2}:?\d{2})?)?\b/g,
 ];
 
-/** `text` with quoted values and dates masked. */
-export function maskValues(text: string): string {
+/** `text` with quoted values and dates masked; quoted names in `keep` (the field a reason is about) stay. */
+export function maskValues(text: string, keep: readonly string[] = []): string {
+  const kept = new Set(keep);
   // A masked quote stays a quote ('…'), so the sentence still reads.
-  return VALUE_PATTERNS.reduce((t, re) => t.replace(re, (m) => (m[0] === "'" || m[0] === '"' ? `${m[0]}${MASK}${m[0]}` : MASK)), text);
+  return VALUE_PATTERNS.reduce(
+    (t, re) => t.replace(re, (m) => (kept.has(m.slice(1, -1)) ? m : m[0] === "'" || m[0] === '"' ? `${m[0]}${MASK}${m[0]}` : MASK)),
+    text,
+  );
 }
 
 export function deadLetterCode(l: DeadLetter): DeadLetterCode {
@@ -277,6 +281,6 @@ export function publicDeadLetter(l: DeadLetter): PublicDeadLetter {
   const reason =
     code === 'delivery_rejected'
       ? `the destination rejected the bundle${l.status !== undefined ? ` (HTTP ${l.status})` : ''}; its message is in the rejects file`
-      : maskValues(l.reason);
+      : maskValues(l.reason, l.location ? [l.location.field] : []);
   return { code, reason, ...(issues?.length ? { issues } : {}) };
 }

@@ -51,15 +51,24 @@ export function recordsHash(records: readonly SourceRecord[]): string {
   return hash.digest('hex').slice(0, 40);
 }
 
-/** Mapping job: per (site, subject key, mapping version, hash of the subject's records). */
+/**
+ * The subject as a job id carries it: a hash of site and subject key, not the key. Job ids are shown by Bull
+ * Board, logged by BullMQ and make dead-letter ids; the hash keeps them deterministic (deduplication) without
+ * naming the patient.
+ */
+export function subjectTag(site: string, subject: string): string {
+  return `s${createHash('sha256').update(`${site}\0${subject}`).digest('hex').slice(0, 24)}`;
+}
+
+/** Mapping job: per (site, subject, mapping version, hash of the subject's records). */
 export function mappingJobId(site: string, subject: string, mappingVersion: string, hash: string): string {
-  return ['map', site, subject, mappingVersion, hash].map(encodeNamePart).join('.');
+  return ['map', site, subjectTag(site, subject), mappingVersion, hash].map(encodeNamePart).join('.');
 }
 
 /** Delivery job: per (destination, business key = site + subject, hash of the bundle as sent). */
 export function deliveryJobId(destination: string, site: string, subject: string, bundle: Bundle | SerializedBundle | string): string {
   const hash = typeof bundle === 'string' ? bundle : isSerialized(bundle) ? textHash(bundle.bytes) : contentHash(bundle);
-  return ['dlv', destination, site, subject, hash].map(encodeNamePart).join('.');
+  return ['dlv', destination, site, subjectTag(site, subject), hash].map(encodeNamePart).join('.');
 }
 
 /** The id of a replayed job: the original id with a fresh suffix, so BullMQ does not take it for a duplicate. */

@@ -422,7 +422,8 @@ export class QueuePipeline {
     const recorded = options.recorded ?? new Date().toISOString();
     const read = await readExport(this.context.mapping(site), inputs, submissionId, recorded);
     const readJob = `read.${submissionId}`;
-    for (const p of read.problems) await this.deadLetters.deadLetter(recordDeadLetter(submissionId, site, readJob, 'read', p, false));
+    // One round trip for all of them: an export with thousands of bad rows is not thousands of waits.
+    await this.deadLetters.deadLetter(read.problems.map((p) => recordDeadLetter(submissionId, site, readJob, 'read', p, false)));
     const mappingJobs: SubmitResult['mappingJobs'] = [];
     // In chunks: one round trip to learn which subjects are new, one to add them (BullMQ still ignores an id
     // that another producer added in between, so a race queues a subject once).

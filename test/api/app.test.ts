@@ -83,6 +83,8 @@ describe('HTTP API', () => {
       adminKeyHash: hashApiKey(ADMIN_KEY),
       uploadDir,
       onSubmission: (r) => submitted.push(r),
+      // Each readiness request probes again: the test takes the destination down between two.
+      readinessCacheMs: 0,
       ...(options.bodyLimit ? { bodyLimit: options.bodyLimit } : {}),
     });
     cleanups.push(() => app.close());
@@ -143,9 +145,9 @@ describe('HTTP API', () => {
     expect(JSON.stringify(body.rejects)).not.toContain('"fields"');
     expect(JSON.stringify(body)).not.toContain('30/02/2016'); // the impossible start_date of row 45
 
-    // Another site's key may neither read it nor its dead letters.
-    expect((await fetch(`${base}/v1/submissions/${accepted.id}`, { headers: auth(SITE_B_KEY) })).status).toBe(403);
-    expect((await fetch(`${base}/v1/dead-letters?submission=${accepted.id}`, { headers: auth(SITE_B_KEY) })).status).toBe(403);
+    // Another site's key may neither read it nor its dead letters, nor learn that they exist.
+    expect((await fetch(`${base}/v1/submissions/${accepted.id}`, { headers: auth(SITE_B_KEY) })).status).toBe(404);
+    expect((await fetch(`${base}/v1/dead-letters?submission=${accepted.id}`, { headers: auth(SITE_B_KEY) })).status).toBe(404);
     expect((await fetch(`${base}/v1/submissions/${randomUUID()}`, { headers: auth(SITE_A_KEY) })).status).toBe(404);
 
     // Dead letters: list, show, scoped show, replay.
@@ -155,8 +157,8 @@ describe('HTTP API', () => {
     const shown = await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}`, { headers: auth(SITE_A_KEY) });
     expect(shown.status).toBe(200);
     expect(((await shown.json()) as { id: string }).id).toBe(replayable.id);
-    expect((await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}`, { headers: auth(SITE_B_KEY) })).status).toBe(403);
-    expect((await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}/replay`, { method: 'POST', headers: auth(SITE_B_KEY) })).status).toBe(403);
+    expect((await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}`, { headers: auth(SITE_B_KEY) })).status).toBe(404);
+    expect((await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}/replay`, { method: 'POST', headers: auth(SITE_B_KEY) })).status).toBe(404);
     const replay = await fetch(`${base}/v1/dead-letters/${encodeURIComponent(replayable.id)}/replay`, { method: 'POST', headers: auth(SITE_A_KEY) });
     expect(replay.status).toBe(202);
     expect(((await replay.json()) as { replayed: string[] }).replayed).toContain(replayable.id);
@@ -228,11 +230,14 @@ describe('HTTP API', () => {
   it('serves healthz, readyz, the admin UI behind its key, and an OpenAPI document covering every route', async () => {
     const { base, app, closeFhir } = await setUp();
     expect((await fetch(`${base}/healthz`)).status).toBe(200);
+    // Anonymous callers learn ready or not; the admin key also the checks.
     const ready = await fetch(`${base}/readyz`);
     expect(ready.status).toBe(200);
-    expect(await ready.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true }, 'destination:hospital': { ok: true } } });
+    expect(await ready.json()).toEqual({ status: 'ready' });
+    const detailed = await fetch(`${base}/readyz`, { headers: auth(ADMIN_KEY) });
+    expect(await detailed.json()).toMatchObject({ status: 'ready', checks: { redis: { ok: true }, 'destination:hospital': { ok: true } } });
     await closeFhir();
-    const notReady = await fetch(`${base}/readyz`);
+    const notReady = await fetch(`${base}/readyz`, { headers: auth(ADMIN_KEY) });
     expect(notReady.status).toBe(503);
     expect(await notReady.json()).toMatchObject({ checks: { redis: { ok: true }, 'destination:hospital': { ok: false } } });
 

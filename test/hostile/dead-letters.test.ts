@@ -126,7 +126,8 @@ describe('dead letters of one subject with hundreds of bad rows', () => {
 describe('trialbridge dlq purge', () => {
   const cli = (...args: string[]) => run(process.execPath, ['src/cli/main.ts', 'dlq', ...args], { env: { ...process.env, REDIS_URL: 'redis://127.0.0.1:6379' } });
 
-  it('removes dead letters and their payloads by submission, by age or all, each with an audit line', async () => {
+  // Five CLI runs, each a Node process loading the service.
+  it('removes dead letters and their payloads by submission, by age or all, each with an audit line', { timeout: 180_000 }, async () => {
     const prefix = `{tb-dl-${randomUUID()}}`;
     const first = await fill(5, prefix);
     const second = await fill(7, prefix);

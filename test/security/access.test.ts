@@ -129,31 +129,35 @@ describe('every route of the OpenAPI document', () => {
     return fetch(url, { method: op.method, headers, ...(body ? { body: body() } : {}) });
   };
 
-  it('answers 403 to a site A key on site B, 401 without a key, and serves site B its own', async () => {
+  it("answers 403 to a site A key on site B's submissions route, 404 for site B's ids (as for unknown ones), 401 without a key, and serves site B its own", async () => {
     const secured = operations().filter((op) => op.security === undefined || op.security.length > 0);
     const siteScoped = secured.filter((op) => op.path.startsWith('/v1/'));
-    expect(siteScoped.map((op) => `${op.method} ${op.path}`).sort()).toEqual([
-      'GET /v1/dead-letters',
-      'GET /v1/dead-letters/{id}',
-      'GET /v1/submissions/{id}',
-      'POST /v1/dead-letters/{id}/replay',
-      'POST /v1/sites/{site}/submissions',
-      'POST /v1/submissions/{id}/replay',
-    ]);
+    expect(siteScoped.map((op) => `${op.method} ${op.path}`).sort()).toEqual(
+      expect.arrayContaining([
+        'GET /v1/dead-letters',
+        'GET /v1/dead-letters/{id}',
+        'GET /v1/submissions/{id}',
+        'POST /v1/dead-letters/{id}/replay',
+        'POST /v1/sites/{site}/submissions',
+        'POST /v1/submissions/{id}/replay',
+      ]),
+    );
     for (const op of siteScoped) {
       const what = `${op.method} ${op.path}`;
+      // A site is no secret: a key of another site is forbidden there. An id is: another site's is not found.
+      const bySite = op.path.startsWith('/v1/sites/');
       for (const key of [KEY_A, KEY_A_NEXT]) {
         const bearer = await send(op, { authorization: `Bearer ${key}` });
-        expect(bearer.status, `${what} with a site A key`).toBe(403);
-        expect(((await bearer.json()) as { error: { code: string } }).error.code).toBe('forbidden');
-        expect((await send(op, { 'x-api-key': key })).status, `${what} with a site A key in X-API-Key`).toBe(403);
+        expect(bearer.status, `${what} with a site A key`).toBe(bySite ? 403 : 404);
+        expect(((await bearer.json()) as { error: { code: string } }).error.code).toMatch(bySite ? /^forbidden$/ : /^unknown_/);
+        expect((await send(op, { 'x-api-key': key })).status, `${what} with a site A key in X-API-Key`).toBe(bySite ? 403 : 404);
       }
       const none = await send(op, {});
       expect(none.status, `${what} without a key`).toBe(401);
       expect(none.headers.get('www-authenticate')).toBe('Bearer');
       expect((await send(op, { authorization: `Bearer ${KEY_A_RETIRED}` })).status, `${what} with a retired key`).toBe(401);
       expect((await send(op, { authorization: 'Bearer not-a-key' })).status, `${what} with an unknown key`).toBe(401);
-      // The route works for its own site: the 403s above are the key's scope, not a broken request.
+      // The route works for its own site: the refusals above are the key's scope, not a broken request.
       if (op.path.startsWith('/v1/sites/')) {
         expect((await submitSiteB()).status, `${what} with site B's key`).toBe(202);
       } else {
@@ -170,7 +174,7 @@ describe('every route of the OpenAPI document', () => {
 
   it('records every refusal in the audit log, with the key id but never the key or its hash', () => {
     const refused = auditLines.filter((l) => l.event === 'request.refused');
-    expect(refused.some((l) => l.status === 403 && l.keyId === 'site-a-2025' && l.site === 'site-a' && l.path === `/v1/submissions/${submissionB}`)).toBe(true);
+    expect(refused.some((l) => l.status === 404 && l.keyId === 'site-a-2025' && l.site === 'site-a' && l.path === `/v1/submissions/${submissionB}`)).toBe(true);
     expect(refused.some((l) => l.status === 401 && l.keyId === undefined && l.path === `/v1/dead-letters/${encodeURIComponent(deadLetterB)}`)).toBe(true);
     for (const key of [KEY_A, KEY_A_NEXT, KEY_A_RETIRED, KEY_B, ADMIN]) {
       expect(auditText).not.toContain(key);

@@ -7,6 +7,17 @@ interface CachedToken {
 }
 
 const DEFAULT_SKEW_MS = 30_000;
+/**
+ * A token response is read up to this many bytes: a real one is a few KB (a JWT with claims), a hostile or
+ * broken endpoint could answer gigabytes.
+ */
+export const MAX_TOKEN_RESPONSE_BYTES = 64 * 1024;
+/**
+ * An access token goes into every request's Authorization header; servers cap headers at 8–16 KB (Node's
+ * default: 16 KiB in all) and answer 431 beyond. A longer token is refused here, as a credentials problem,
+ * rather than sent and taken for a rejection of the data.
+ */
+export const MAX_ACCESS_TOKEN_BYTES = 12 * 1024;
 const DEFAULT_TIMEOUT_MS = 30_000;
 /** Used when the token response has no `expires_in` (RFC 6749 makes it optional). */
 const DEFAULT_LIFETIME_S = 300;
@@ -99,7 +110,10 @@ export abstract class CachedTokenAuth implements AuthStrategy {
       const cause = err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err);
       throw new TokenError(this.#redact(`${where} failed: ${cause}`));
     }
-    const text = await response.text();
+    const text = await readCapped(response, MAX_TOKEN_RESPONSE_BYTES);
+    if (text === undefined) {
+      throw new TokenError(`${where}: the response is over ${MAX_TOKEN_RESPONSE_BYTES} bytes (a token endpoint answers a few KB: check tokenUrl)`);
+    }
     let json: Record<string, unknown> | undefined;
     try {
       const parsed: unknown = JSON.parse(text);
@@ -115,6 +129,13 @@ export abstract class CachedTokenAuth implements AuthStrategy {
     }
     if (!json || typeof json.access_token !== 'string' || json.access_token === '') {
       throw new TokenError(`${where}: the response has no access_token`, response.status);
+    }
+    const tokenBytes = Buffer.byteLength(json.access_token, 'utf8');
+    if (tokenBytes > MAX_ACCESS_TOKEN_BYTES) {
+      throw new TokenError(`${where}: the access_token is ${tokenBytes} bytes, over the limit of ${MAX_ACCESS_TOKEN_BYTES} (no server takes such an Authorization header)`);
+    }
+    if (/[^\x21-\x7e]/.test(json.access_token)) {
+      throw new TokenError(`${where}: the access_token holds characters an Authorization header cannot carry`);
     }
     const type = json.token_type;
     if (type !== undefined && (typeof type !== 'string' || type.toLowerCase() !== 'bearer')) {
@@ -134,4 +155,28 @@ export abstract class CachedTokenAuth implements AuthStrategy {
     }
     return out;
   }
+}
+
+/** The body as text, or undefined once it passes `limit` bytes (the rest is not read). */
+async function readCapped(response: Response, limit: number): Promise<string | undefined> {
+  const declared = Number(response.headers.get('content-length'));
+  if (Number.isFinite(declared) && declared > limit) {
+    await response.body?.cancel();
+    return undefined;
+  }
+  if (!response.body) return '';
+  const chunks: Uint8Array[] = [];
+  let bytes = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    bytes += value.length;
+    if (bytes > limit) {
+      await reader.cancel();
+      return undefined;
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString('utf8');
 }
