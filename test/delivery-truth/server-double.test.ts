@@ -106,6 +106,13 @@ describe('the server double', () => {
     expect(statuses(throttled.body)).toEqual(['429', '429', '429']);
     expect(JSON.parse(((throttled.body as Bundle).entry![0].response!.outcome as OperationOutcome).issue[0].diagnostics!)).toMatchObject({ _remainingPoints: 0, limit: 50000 });
     expect(await d.countByIdentifier('Patient', SYSTEM, 'S4')).toBe(0);
+    expect(throttled.headers.get('retry-after')).toBeNull();
+
+    // Azure: the wait of throttled entries in the headers of the 200 answer.
+    d.behave({ transactionsAsBatches: true, entryThrottleHeadersMs: 1500, entryFaults: [{ status: 429, resourceType: 'Observation', times: 1, waitMs: 1500 }] });
+    const azure = await post(d, subjectBundle('S5', 2, 5));
+    expect([azure.status, ...statuses(azure.body)]).toEqual([200, '201', '429', '429']);
+    expect([azure.headers.get('retry-after'), azure.headers.get('x-ms-retry-after-ms')]).toEqual(['2', '1500']);
   });
 
   it('a. a Patient refused inside a batch leaves the references of its applied entries dangling, and the helper finds them', async () => {

@@ -11,6 +11,8 @@
  *                   { status: 400, subject: ['A001'] }] });                      //    200 transaction-response, failed entries inside
  *   await ServerDouble.start({ quota: { style: 'medplum', waitMs: 200, requests: 3 } });   // b. 429, wait in the OperationOutcome only
  *   await ServerDouble.start({ quota: { style: 'azure', waitMs: 200, requests: 3 } });     //    429 with Retry-After and x-ms-retry-after-ms
+ *   await ServerDouble.start({ transactionsAsBatches: true, entryThrottleHeadersMs: 200,  //    Azure batch throttling: 429 entries,
+ *     entryFaults: [{ status: 429, times: 1 }] });                               //    the wait in the 200 answer's headers
  *   await ServerDouble.start({ entryCaps: MEDPLUM_ENTRY_CAPS });                  // c. > 8 entries with a conditional one, > 50 updates: 400
  *   await ServerDouble.start({ strict: true });                                  // d. referential integrity + base R4 validation and required bindings
  *   await ServerDouble.start({ answer: { kind: 'redirect' } });                  // e. 307 to another listener (double.redirectTarget)
@@ -67,6 +69,8 @@ export interface EntryFault {
   readonly times?: number;
   /** The OperationOutcome's text (default: the real server's words for the status). */
   readonly text?: string;
+  /** A 429's wait, written in its OperationOutcome's diagnostics as Medplum does (default 1000 ms). */
+  readonly waitMs?: number;
 }
 
 export interface QuotaBehaviour {
@@ -92,6 +96,11 @@ export interface ServerBehaviour {
   /** `type: transaction` bundles processed as batches, answered 200 `transaction-response` (Medplum by default). */
   readonly transactionsAsBatches?: boolean;
   readonly entryFaults?: readonly EntryFault[];
+  /**
+   * Azure's batch throttling: a 200 batch or transaction-response holding 429 entries carries Retry-After and
+   * x-ms-retry-after-ms headers with this wait (ms).
+   */
+  readonly entryThrottleHeadersMs?: number;
   readonly quota?: QuotaBehaviour;
   /** Transactions refused (400) above these entry counts (Medplum with `transaction-bundles`: MEDPLUM_ENTRY_CAPS). */
   readonly entryCaps?: { readonly conditional: number; readonly updates: number };
@@ -171,7 +180,7 @@ function medplumQuotaOutcome(waitMs: number): OperationOutcome {
 function faultOutcome(fault: EntryFault, resource: Resource): OperationOutcome {
   const text = fault.text ?? defaultText(fault.status);
   if (fault.status === 409) return conflict(text);
-  if (fault.status === 429) return medplumQuotaOutcome(1000);
+  if (fault.status === 429) return medplumQuotaOutcome(fault.waitMs ?? 1000);
   if (fault.status === 400) return badRequest(text, resource.resourceType);
   const code = fault.status >= 500 ? 'exception' : 'processing';
   // getStatus() reads an outcome's id for statuses it knows; others are told by the issue code.
@@ -564,6 +573,11 @@ export class ServerDouble {
     for (const h of ANSWER_HEADERS) {
       const v = response.headers.get(h);
       if (v) out[h] = v;
+    }
+    const wait = b.entryThrottleHeadersMs;
+    if (bundle && wait !== undefined && response.status === 200 && ((JSON.parse(text.toString('utf8')) as Bundle).entry ?? []).some((e) => e.response?.status?.startsWith('429'))) {
+      out['retry-after'] = String(Math.ceil(wait / 1000));
+      out['x-ms-retry-after-ms'] = String(wait);
     }
     if (!res.destroyed) res.writeHead(response.status, out).end(text);
   }
