@@ -14,6 +14,7 @@ import { compileMapping, type CompiledMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { DEFAULT_PREFIX } from '../queue/names.ts';
 import { QueuePipeline, type QueueConnection, type QueuePipelineOptions } from '../queue/pipeline.ts';
+import { maskValues } from '../queue/dead-letters.ts';
 import type { DeliveryJobData, DeliveryJobResult, MappingJobData, MappingJobResult } from '../queue/stages.ts';
 import { createLogger } from '../log.ts';
 
@@ -148,8 +149,8 @@ async function runWorker(options: WorkerOptions): Promise<void> {
     });
     worker.on('failed', (job: Job | undefined, error: Error) => {
       const data = job?.data as { submissionId?: string; site?: string; destination?: string } | undefined;
-      // The message is ours or the server's, never a record value; the job id (it holds the subject) is left out.
-      logJson('attempt-failed', { queue, submission: data?.submissionId, site: data?.site, destination: data?.destination, attempt: job?.attemptsMade, error: error.message });
+      // The message is ours or the server's (which may quote the data back: quoted text and dates masked); the job id is left out.
+      logJson('attempt-failed', { queue, submission: data?.submissionId, site: data?.site, destination: data?.destination, attempt: job?.attemptsMade, error: maskValues(error.message) });
     });
     worker.on('stalled', () => logJson('stalled', { queue }));
   }

@@ -16,7 +16,6 @@ import { loadDestinations } from '../../src/delivery/destinations.ts';
 import { startEmbeddedFhirServer, type EmbeddedFhirServer } from '../../src/delivery/embedded-server.ts';
 import { compileMapping } from '../../src/mapping/compile.ts';
 import { loadMapping } from '../../src/mapping/load.ts';
-import { deadLetterCode } from '../../src/queue/dead-letters.ts';
 import { QueuePipeline } from '../../src/queue/pipeline.ts';
 import { TestTokenServer } from '../support/token-server.ts';
 
@@ -67,7 +66,8 @@ async function deliverWithToken(token: () => string): Promise<{ codes: string[];
     const submitted = await pipeline.submitExport('site-a', ['examples/site-a']);
     await pipeline.waitForSubmission(submitted);
     const letters = (await pipeline.deadLetters.list(submitted.submissionId)).filter((l) => l.stage === 'deliver');
-    return { codes: letters.map(deadLetterCode), reasons: letters.map((l) => l.reason), statuses: letters.map((l) => l.status), tokenCalls: tokens.calls };
+    // A delivery given up after its attempts (the destination's failure), not a rejection answered by the server.
+    return { codes: letters.map((l) => (l.reason.startsWith('gave up') ? 'delivery_gave_up' : 'delivery_rejected')), reasons: letters.map((l) => l.reason), statuses: letters.map((l) => l.status), tokenCalls: tokens.calls };
   } finally {
     await pipeline.closeWorkers();
     await pipeline.obliterate();
