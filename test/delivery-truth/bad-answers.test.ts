@@ -1,7 +1,9 @@
 /**
  * Issue 11, acceptance: destinations whose answers are not a FHIR success — a 307 to another host, a 200 HTML
  * login page, a 200 transaction-response without entries or with fewer than sent, a 600 MB answer — beside a
- * healthy one, all fed by one `trialbridge worker` process from exports submitted through the API.
+ * healthy one, all fed by one `trialbridge worker` process from exports submitted through the API. Each bad
+ * answer is given once to every request (the first one, writing the trial-wide ResearchStudy, fails) and once to
+ * the subjects' bundles only.
  *
  * Nothing is counted delivered at a bad destination (each subject is dead-lettered with a reason), the
  * bearer token never reaches the host a redirect points at, the 600 MB answer is cut off (never read whole),
@@ -39,7 +41,12 @@ async function siteAExport(dir: string, subjects: readonly string[]): Promise<st
 
 beforeAll(async () => {
   doubles.set(HEALTHY, await ServerDouble.start());
-  for (const [name, answer] of Object.entries(BAD)) doubles.set(name, await ServerDouble.start({ answer }));
+  // Each bad answer twice: to every request (the trial-wide ResearchStudy, written first, is refused), and only to
+  // subjects' bundles (more than one entry: the ResearchStudy is stored, the subjects' transactions are not).
+  for (const [name, answer] of Object.entries(BAD)) {
+    doubles.set(name, await ServerDouble.start({ answer }));
+    doubles.set(`${name}-subjects`, await ServerDouble.start({ answer, answerOnly: ({ entries }) => entries > 1 }));
+  }
   const bearer = ['    auth: { type: bearer, token: { file: token.txt } }'];
   rig = await Rig.start(
     [...doubles].map(([name, double]) => ({ name, double, lines: [...bearer, '    retry: { attempts: 3, requestAttempts: 2, baseMs: 20, maxMs: 100 }'] })),
@@ -56,12 +63,13 @@ describe('destinations answering with redirects, HTML, short or oversized answer
   it('counts nothing delivered there, keeps the token from the redirect target, survives 600 MB, and keeps delivering to the healthy destination', async ({ annotate }) => {
     const first: Submission = await rig.submit('site-a', [await siteAExport(join(rig.dir, 'first'), ['A001', 'A003', 'A004'])]);
     expect(first.expected.bundles).toHaveLength(3);
-    for (const name of [HEALTHY, ...Object.keys(BAD)]) await rig.settled([first], name);
+    const bad = Object.keys(BAD).flatMap((name) => [name, `${name}-subjects`]);
+    for (const name of [HEALTHY, ...bad]) await rig.settled([first], name);
 
     const healthy = await expectExact(rig, [first], HEALTHY);
     expect(healthy.delivered).toBe(3);
     const lines: string[] = [`healthy: delivered ${healthy.delivered}, ${healthy.resources} resources held`];
-    for (const name of Object.keys(BAD)) {
+    for (const name of bad) {
       const run = await expectExact(rig, [first], name);
       expect(run.delivered, `${name}: subjects counted delivered`).toBe(0);
       expect(run.deadLettered).toBe(3);
@@ -71,13 +79,16 @@ describe('destinations answering with redirects, HTML, short or oversized answer
     }
 
     // The redirect was not followed, or if it was, without the token.
-    const target = doubles.get('redirect')!.redirectTarget.requests;
+    const target = [...doubles.get('redirect')!.redirectTarget.requests, ...doubles.get('redirect-subjects')!.redirectTarget.requests];
     for (const r of target) expect(r.headers.authorization, 'Authorization sent to the redirect target').toBeUndefined();
-    const big = doubles.get('oversized')!.stats;
-    expect(big.answers).toBeGreaterThan(0);
-    await until(10_000, 'the double sees every oversized answer cut off by the client', () => big.oversizedAbandoned === big.answers, 20);
-    expect(big.oversizedBytesSent).toBeLessThan(big.answers * 600 * MiB);
-    lines.push(`redirect target got ${target.length} requests; oversized: ${big.answers} answers begun, all cut off by the client after ${(big.oversizedBytesSent / MiB).toFixed(1)} MiB in all`);
+    for (const name of ['oversized', 'oversized-subjects']) {
+      const big = doubles.get(name)!.stats;
+      expect(big.answers).toBeGreaterThan(0);
+      await until(10_000, `the double sees every oversized answer cut off by the client (${name})`, () => big.oversizedAbandoned === big.answers, 20);
+      expect(big.oversizedBytesSent).toBeLessThan(big.answers * 600 * MiB);
+      lines.push(`${name}: ${big.answers} answers of 600 MiB begun, all cut off by the client after ${(big.oversizedBytesSent / MiB).toFixed(1)} MiB in all`);
+    }
+    lines.push(`redirect targets got ${target.length} requests`);
 
     // The worker is still up and delivers a later export to the healthy destination.
     expect(rig.worker.alive).toBe(true);

@@ -248,6 +248,11 @@ describe('the server double', () => {
     d.behave({ answer: { kind: 'short', missing: 1 } });
     expect(statuses((await post(d, subjectBundle('S1', 2, 1))).body)).toEqual(['201 Created', '201 Created']);
     expect((await d.holdings(['Patient', 'Observation'])).resources).toBe(0);
+    // Only the requests answerOnly picks: a one-entry transaction is served.
+    d.behave({ answer: { kind: 'html' }, answerOnly: ({ entries }) => entries > 1 });
+    expect((await post(d, subjectBundle('S1', 0, 1))).status).toBe(200);
+    expect((await post(d, subjectBundle('S2', 2, 2))).headers.get('content-type')).toBe('text/html; charset=utf-8');
+    expect((await d.holdings(['Patient', 'Observation'])).resources).toBe(1);
   });
 
   it('h. streams an oversized answer lazily: a client reading 1 MiB and closing stops it; read whole it is exactly the size asked', async () => {

@@ -106,8 +106,10 @@ export interface ServerBehaviour {
   readonly entryCaps?: { readonly conditional: number; readonly updates: number };
   /** Strict writes: references must resolve, resources must pass base R4 validation and its required bindings. */
   readonly strict?: boolean | { readonly references?: boolean; readonly validation?: boolean };
-  /** Answers every request (metadata included) this way instead of forwarding it. */
+  /** Answers every request (metadata included) this way instead of forwarding it, or those `answerOnly` picks. */
   readonly answer?: AnswerBehaviour;
+  /** Which requests get `answer` (the others are served): e.g. only bundles of more than one entry. */
+  readonly answerOnly?: (request: { readonly method: string; readonly url: string; readonly entries: number }) => boolean;
 }
 
 export interface RecordedRequest {
@@ -520,15 +522,6 @@ export class ServerDouble {
     let body = Buffer.concat(chunks);
     const b = this.#behaviour;
 
-    if (b.answer) return this.#answer(b.answer, req, res, body);
-
-    const write = method !== 'GET' && method !== 'HEAD';
-    if (b.quota && write && (b.quota.requests === undefined || this.#quotaUses < b.quota.requests)) {
-      this.#quotaUses++;
-      this.stats.quotaRefusals++;
-      return this.#quotaAnswer(b.quota, res);
-    }
-
     let bundle: Bundle | undefined;
     if (method === 'POST' && body.length > 0 && /^\/fhir\/R4\/?(\?.*)?$/.test(req.url ?? '')) {
       try {
@@ -538,6 +531,17 @@ export class ServerDouble {
         bundle = undefined;
       }
     }
+    if (b.answer && (!b.answerOnly || b.answerOnly({ method, url: req.url ?? '/', entries: bundle?.entry?.length ?? 0 }))) {
+      return this.#answer(b.answer, req, res, body);
+    }
+
+    const write = method !== 'GET' && method !== 'HEAD';
+    if (b.quota && write && (b.quota.requests === undefined || this.#quotaUses < b.quota.requests)) {
+      this.#quotaUses++;
+      this.stats.quotaRefusals++;
+      return this.#quotaAnswer(b.quota, res);
+    }
+
     let asBatch = false;
     if (bundle) {
       this.#learnSubjects(bundle);
