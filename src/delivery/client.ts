@@ -1,6 +1,7 @@
 import type { OperationOutcome } from '@medplum/fhirtypes';
 import { DEFAULT_MAX_RESPONSE_BYTES, defaultHttpTransport, fetchTransport, ResponseTooLargeError, type HttpTransport } from './http-transport.ts';
 import { failureKind, waitAskedMs, type FailureKind } from './retry.ts';
+import type { RetryAfterSource } from './presets.ts';
 
 export type HttpMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
 
@@ -42,6 +43,8 @@ export interface FhirClientOptions {
    * aborted and fails with ResponseTooLargeError (permanent).
    */
   readonly maxResponseBytes?: number;
+  /** Where the server's wait is read, preferred first (a destination's `retryAfterFrom`; default all, see waitAskedMs). */
+  readonly waitSources?: readonly RetryAfterSource[];
 }
 
 export interface FhirResponse<T = unknown> {
@@ -108,8 +111,9 @@ export class FhirHttpError extends Error {
   readonly retryAfterMs: number | undefined;
   /** The answer's headers. */
   readonly headers: Headers | undefined;
+  readonly #waitSources: readonly RetryAfterSource[] | undefined;
 
-  constructor(init: { status: number; statusText?: string; method: HttpMethod; url: string; body: unknown; headers?: Headers; retryAfter?: string; now?: number }) {
+  constructor(init: { status: number; statusText?: string; method: HttpMethod; url: string; body: unknown; headers?: Headers; retryAfter?: string; now?: number; waitSources?: readonly RetryAfterSource[] }) {
     const outcome = isOperationOutcome(init.body) ? init.body : undefined;
     const redirect = init.status >= 300 && init.status < 400;
     const detail = redirect ? redirectText(init.headers) : outcomeText(outcome) || (typeof init.body === 'string' ? init.body.slice(0, 500) : '');
@@ -123,12 +127,13 @@ export class FhirHttpError extends Error {
     this.retryable = this.kind === 'throttle' || this.kind === 'conflict' || this.kind === 'unavailable';
     this.retryAfter = init.retryAfter ?? init.headers?.get('retry-after') ?? undefined;
     this.headers = init.headers;
+    this.#waitSources = init.waitSources;
     this.retryAfterMs = this.waitMs(init.now);
   }
 
   /** How long the server asks to wait, relative to `now` (a Retry-After date). */
   waitMs(now: number = Date.now()): number | undefined {
-    return waitAskedMs(this.headers ?? { get: (name) => (name === 'retry-after' ? this.retryAfter : undefined) }, this.outcome, now);
+    return waitAskedMs(this.headers ?? { get: (name) => (name === 'retry-after' ? this.retryAfter : undefined) }, this.outcome, now, this.#waitSources);
   }
 }
 
@@ -152,6 +157,7 @@ export class FhirClient {
   readonly baseUrl: string;
   readonly timeoutMs: number;
   readonly maxResponseBytes: number;
+  readonly waitSources: readonly RetryAfterSource[] | undefined;
   readonly #options: FhirClientOptions;
   readonly #transport: HttpTransport;
   readonly #auth: AuthHook | undefined;
@@ -167,6 +173,7 @@ export class FhirClient {
     this.#options = options;
     this.#transport = options.transport ?? (options.fetch ? fetchTransport(options.fetch) : defaultHttpTransport);
     this.maxResponseBytes = options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES;
+    this.waitSources = options.waitSources;
   }
 
   /** The absolute URL of a path relative to the base ('' is the base itself, for transactions). */
@@ -208,6 +215,7 @@ export class FhirClient {
         url,
         body: response.body ?? (response.text.trim() === '' ? undefined : response.text),
         headers: response.headers,
+        waitSources: this.waitSources,
       });
     }
     return { status: response.status, body: response.body, headers: response.headers, empty: response.text.trim() === '' };

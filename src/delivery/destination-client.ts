@@ -13,6 +13,8 @@ export function destinationClient(destination: Destination, options: { readonly 
     timeoutMs: options.timeoutMs ?? destination.timeoutMs,
     // Answers beyond it are cut off and fail the delivery (its preset's or its own maxResponseBytes).
     maxResponseBytes: destination.maxResponseBytes,
+    // Where its server writes how long to wait (its preset's retryAfterFrom or its own).
+    waitSources: destination.retryAfterFrom,
     auth: createAuth(destination.auth, fetch ? { fetch } : {}),
     ...(destination.tls ? { transport: httpTransport({ ca: trustedCas(destination.tls.ca) }) } : {}),
   });

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { destinationClient } from './destination-client.ts';
+import { FhirHttpError } from './client.ts';
 import { ResponseTooLargeError } from './http-transport.ts';
 import { DestinationConfigError, destinationWithDefaults, loadDestinations, type Destination } from './destinations.ts';
 import { DEFAULT_MAX_RESPONSE_BYTES, entriesPerTransaction, PRESETS, presetTable, resolveLimits, SERVER_PRESETS } from './presets.ts';
@@ -145,6 +146,32 @@ describe('server presets', () => {
       const [small, roomy] = [2048, 8192].map((bytes) => destinationClient(load(one('hapi', `    maxResponseBytes: ${bytes}\n`).replace('https://fhir.example/r4', baseUrl))[0]));
       await expect(small.get('Patient')).rejects.toBeInstanceOf(ResponseTooLargeError);
       expect((await roomy.get('Patient')).status).toBe(200);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("reads the server's wait where its preset says, in its order", async () => {
+    // One 429 carrying every kind of wait, each a different length.
+    const server = createServer((_req, res) => {
+      res.writeHead(429, { 'Content-Type': 'application/fhir+json', 'Retry-After': '7', 'x-ms-retry-after-ms': '1500', RateLimit: '"fhirInteractions";r=0;t=5' });
+      res.end(JSON.stringify({ resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'throttled', diagnostics: JSON.stringify({ _remainingPoints: 0, _msBeforeNext: 3000 }) }] }));
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const baseUrl = `http://127.0.0.1:${(server.address() as AddressInfo).port}/fhir`;
+      const waitOf = async (server: string, extra = '') => {
+        const client = destinationClient(load(one(server, extra).replace('https://fhir.example/r4', baseUrl))[0]);
+        const error = await client.post('', {}).catch((e: unknown) => e);
+        expect(error).toBeInstanceOf(FhirHttpError);
+        return (error as FhirHttpError).retryAfterMs;
+      };
+      expect(await waitOf('azure')).toBe(1500);
+      expect(await waitOf('hapi')).toBe(7000);
+      expect(await waitOf('medplum')).toBe(3000);
+      expect(await waitOf('medplum', '    retryAfterFrom: [ratelimit]\n')).toBe(5000);
+      expect(await waitOf('generic')).toBe(1500);
     } finally {
       server.close();
     }

@@ -98,6 +98,8 @@ export function parseRetryAfter(header: string | null | undefined, now: number =
   return Math.max(0, date - now);
 }
 
+import { RETRY_AFTER_SOURCES, type RetryAfterSource } from './presets.ts';
+
 /** The header-like lookups a wait is read from (fetch Headers, or a plain record of lower-case names). */
 export type HeaderSource = Headers | { get(name: string): string | null | undefined } | undefined;
 
@@ -146,18 +148,27 @@ export function msBeforeNextOf(outcome: { issue?: readonly { diagnostics?: strin
   return wait;
 }
 
+type WaitOutcome = { issue?: readonly { diagnostics?: string }[] } | undefined;
+
+const WAIT_READERS: Readonly<Record<RetryAfterSource, (headers: HeaderSource, outcome: WaitOutcome, now: number) => number | undefined>> = {
+  'x-ms-retry-after-ms': (headers) => msHeader(headers?.get('x-ms-retry-after-ms')),
+  'retry-after': (headers, _outcome, now) => parseRetryAfter(headers?.get('retry-after'), now),
+  ratelimit: (headers) => parseRateLimit(headers?.get('ratelimit')),
+  outcome: (_headers, outcome) => msBeforeNextOf(outcome),
+};
+
 /**
- * How long a server asks to wait, in ms, wherever it wrote it: Azure's `x-ms-retry-after-ms` (preferred: the
- * precise one), `Retry-After` (seconds or an HTTP date), the RateLimit header's `t`, then `_msBeforeNext` in
- * the OperationOutcome (Medplum, which sends no Retry-After). Undefined when none says.
+ * How long a server asks to wait, in ms, wherever it wrote it: by default Azure's `x-ms-retry-after-ms`
+ * (preferred: the precise one), `Retry-After` (seconds or an HTTP date), the RateLimit header's `t`, then
+ * `_msBeforeNext` in the OperationOutcome (Medplum, which sends no Retry-After); `sources` (a destination's
+ * `retryAfterFrom`, presets.ts) names which of them, in which order. Undefined when none says.
  */
-export function waitAskedMs(headers: HeaderSource, outcome?: { issue?: readonly { diagnostics?: string }[] }, now: number = Date.now()): number | undefined {
-  return (
-    msHeader(headers?.get('x-ms-retry-after-ms')) ??
-    parseRetryAfter(headers?.get('retry-after'), now) ??
-    parseRateLimit(headers?.get('ratelimit')) ??
-    msBeforeNextOf(outcome)
-  );
+export function waitAskedMs(headers: HeaderSource, outcome?: WaitOutcome, now: number = Date.now(), sources: readonly RetryAfterSource[] = RETRY_AFTER_SOURCES): number | undefined {
+  for (const source of sources) {
+    const wait = WAIT_READERS[source](headers, outcome, now);
+    if (wait !== undefined) return wait;
+  }
+  return undefined;
 }
 
 /**

@@ -45,6 +45,8 @@ beforeAll(async () => {
     ...['  - name: hospital', '    kind: hospital', `    baseUrl: ${hospital.baseUrl}`, '    sites: [site-a]', '    auth: { type: none }'],
     ...['  - name: strict', '    kind: registry', `    baseUrl: ${strict.baseUrl}`, '    sites: [site-a]', '    transactions: true', '    atomic: true', '    auth: { type: none }'],
     ...['  - name: other', '    kind: registry', `    baseUrl: ${hospital.baseUrl}`, '    sites: [site-b]', '    auth: { type: none }'],
+    // Takes only a resource type the trial never makes: nothing of any subject goes there.
+    ...['  - name: devices', '    kind: registry', `    baseUrl: ${hospital.baseUrl}`, '    sites: [site-a]', '    resourceTypes: [Device]', '    auth: { type: none }'],
   ]);
   pipeline = new QueuePipeline({ connection: REDIS, prefix: `{tb-subjects-${randomUUID().slice(0, 8)}}`, mappings: sample.mappings, destinations, validator: sample.validator });
   pipeline.startWorkers();
@@ -93,7 +95,7 @@ describe.runIf(redisUp)('GET /v1/submissions/{id}/subjects', () => {
     const mapped = sample.exports[0].bundles.map((b) => b.subject).sort();
     expect(answer.site).toBe('site-a');
     // The destination of site-b's subjects is not one of this submission's.
-    expect(new Set(answer.subjects.map((s) => s.destination))).toEqual(new Set(['hospital', 'strict']));
+    expect(new Set(answer.subjects.map((s) => s.destination))).toEqual(new Set(['devices', 'hospital', 'strict']));
     const at = (destination: string, state: string) => answer.subjects.filter((s) => s.destination === destination && s.state === state).map((s) => s.subject);
     expect(at('hospital', 'delivered').sort()).toEqual(mapped);
     expect(at('strict', 'delivered')).toEqual([]);
@@ -106,16 +108,17 @@ describe.runIf(redisUp)('GET /v1/submissions/{id}/subjects', () => {
       const letter = letters.find((l) => l.id === s.deadLetters![0])!;
       expect([letter.stage, letter.destination, letter.subject]).toEqual(['deliver', 'strict', s.subject]);
     }
-    // A subject every record of which was rejected is held back at both destinations by its mapping dead letters.
+    expect(at('devices', 'not-for-destination').sort()).toEqual(mapped);
+    // A subject every record of which was rejected is held back at every destination by its mapping dead letters.
     expect(counters.subjectsRejected).toBeGreaterThan(0);
     const rejected = answer.subjects.filter((s) => !mapped.includes(s.subject));
-    expect(rejected).toHaveLength(counters.subjectsRejected * 2);
+    expect(rejected).toHaveLength(counters.subjectsRejected * 3);
     for (const s of rejected) {
       expect(s.state).toBe('dead-lettered');
       for (const id of s.deadLetters!) expect(letters.find((l) => l.id === id)?.stage).toBe('map');
     }
-    expect(answer.counts).toEqual({ delivered: mapped.length, 'dead-lettered': mapped.length + rejected.length, pending: 0, 'not-for-destination': 0 });
-    expect(answer.subjects.length).toBe(counters.subjects * 2);
+    expect(answer.counts).toEqual({ delivered: mapped.length, 'dead-lettered': mapped.length + rejected.length, pending: 0, 'not-for-destination': mapped.length });
+    expect(answer.subjects.length).toBe(counters.subjects * 3);
   });
 
   it('returns dead-letter ids that work as they are in its own URLs, and encoded once more', async () => {

@@ -136,9 +136,13 @@ describe.runIf(redisUp)('reconcile', () => {
     }
   }, 120_000);
 
-  it('knows no delivery of another study', async () => {
+  it('knows no delivery of another study; refuses bad options with exit code 2', async () => {
     const other = await trialbridge(['reconcile', '--destination', DESTINATION, '--config', config, '--study', 'NO-SUCH-STUDY', '--prefix', prefix]);
     expect(other.code).toBe(0);
     expect(other.stderr).toContain('no delivery of study NO-SUCH-STUDY');
+    const unknown = await trialbridge(['reconcile', '--destination', 'nowhere', '--config', config, '--study', STUDY, '--prefix', prefix]);
+    expect([unknown.code, unknown.stderr.trim()]).toEqual([2, `reconcile: no destination named 'nowhere' in ${config}`]);
+    const waitAlone = await trialbridge(['reconcile', '--destination', DESTINATION, '--config', config, '--study', STUDY, '--prefix', prefix, '--wait']);
+    expect([waitAlone.code, waitAlone.stderr.trim()]).toEqual([2, 'reconcile: --wait goes with --repair']);
   }, 60_000);
 });
