@@ -17,6 +17,8 @@ import { ResourceValidator } from '../src/validation/validator.ts';
 import { IndependentBindingChecker, R4JsonSchema } from './support/independent-validation.ts';
 import { ServerDouble } from './support/server-double.ts';
 
+// Mapping three sites, compiling the HL7 schema and delivering 47 transactions take tens of seconds on a loaded 2-core machine.
+const HEAVY = 300_000;
 const CORPUS_TEXT = readFileSync('test/validation-corpus/corpus.json', 'utf8');
 const corpus = JSON.parse(CORPUS_TEXT) as CorpusCase[];
 const profiles = new Map<string, StructureDefinition>();
@@ -58,16 +60,20 @@ beforeAll(async () => {
   validator = await ResourceValidator.load();
   schema = new R4JsonSchema();
   bindings = new IndependentBindingChecker();
-});
+}, HEAVY);
 
-/** The three sample sites mapped with validation off: what trialbridge would send if it validated nothing. */
-async function sampleBundles(): Promise<Bundle[]> {
-  const out: Bundle[] = [];
-  for (const site of SAMPLE_SITES) {
-    const mapped = await mapExport(await compileMapping(await loadMapping(site.mapping)), [site.input], { recorded: '2019-01-01T00:00:00Z', validate: false });
-    for (const { bundle } of mapped.bundles) out.push(bundle);
-  }
-  return out;
+let mapped: Promise<Bundle[]> | undefined;
+/** The three sample sites mapped with validation off (once per file): what trialbridge would send if it validated nothing. */
+function sampleBundles(): Promise<Bundle[]> {
+  mapped ??= (async () => {
+    const out: Bundle[] = [];
+    for (const site of SAMPLE_SITES) {
+      const result = await mapExport(await compileMapping(await loadMapping(site.mapping)), [site.input], { recorded: '2019-01-01T00:00:00Z', validate: false });
+      for (const { bundle } of result.bundles) out.push(bundle);
+    }
+    return out;
+  })();
+  return mapped;
 }
 
 describe('validation corpus: one planted defect per resource', () => {
@@ -80,7 +86,7 @@ describe('validation corpus: one planted defect per resource', () => {
     );
     expect(CORPUS_TEXT).toContain('1e400');
     expect(serializeCorpus(await buildCorpus())).toBe(CORPUS_TEXT);
-  });
+  }, HEAVY);
 
   it('has an entry for every required binding the sample output touches', async () => {
     const touched = new Set<string>();
@@ -90,7 +96,7 @@ describe('validation corpus: one planted defect per resource', () => {
     const covered = new Set(corpus.filter((c) => c.rule === 'binding').map((c) => `${c.expression.replace(/\[\d+\]/g, '')} ${c.defect.split('required value set ')[1]}`));
     expect([...touched].filter((t) => !covered.has(t))).toEqual([]);
     expect(touched.size).toBeGreaterThanOrEqual(20);
-  });
+  }, HEAVY);
 
   it.each(corpus.map((c) => [c.id, c] as const))('%s: found at its location', (_id, c) => {
     expect(errorsOf(c.resource).map(key), c.defect).toContainEqual(expect.stringMatching(new RegExp(`^${escape(c.expression)} \\|`)));
@@ -118,7 +124,7 @@ describe('validation corpus: one planted defect per resource', () => {
     expect(missedEntries).toEqual([]);
     expect(missedFindings).toEqual([]);
     expect(medplumFindings).toBeGreaterThan(100);
-  });
+  }, HEAVY);
 
   it('counts per rule class what trialbridge, @medplum/core and the independent opinion catch: trialbridge every entry, never less than @medplum/core', () => {
     const figures = Object.fromEntries(RULE_CLASSES.map((r) => [r, { entries: 0, trialbridge: 0, medplum: 0, schema: 0, bindingChecker: 0, independent: 0 }])) as unknown as Record<RuleClass, Record<string, number>>;
@@ -147,7 +153,7 @@ describe('validation corpus: one planted defect per resource', () => {
     expect([figures['primitive-for-complex'].independent, figures['array-for-object'].independent]).toEqual([0, 0]);
     mkdirSync('test-output', { recursive: true });
     writeFileSync('test-output/validation-corpus-figures.json', JSON.stringify(figures, null, 1) + '\n');
-  });
+  }, HEAVY);
 });
 
 describe('the sample sites output, judged three ways', () => {
@@ -160,7 +166,7 @@ describe('the sample sites output, judged three ways', () => {
     resources = bundles.flatMap((b) => (b.entry ?? []).map((e) => e.resource!));
     dir = mkdtempSync(join(tmpdir(), 'tb-validate-'));
     bundles.forEach((b, i) => writeFileSync(join(dir, `bundle-${String(i).padStart(4, '0')}.json`), JSON.stringify(b)));
-  });
+  }, HEAVY);
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('trialbridge, the HL7 JSON schema and the independent binding checker: no error on any resource or bundle', () => {
@@ -168,13 +174,13 @@ describe('the sample sites output, judged three ways', () => {
     expect(resources.flatMap((r) => errorsOf(r).map((i) => `${r.resourceType}: ${key(i)}`)).slice(0, 10)).toEqual([]);
     expect([...bundles, ...resources].flatMap((r) => schema.errors(r).map((e) => `${r.resourceType}${e.instancePath}: ${e.message}`)).slice(0, 10)).toEqual([]);
     expect(resources.flatMap((r) => bindings.findings(r).map((s) => `${s.path}: not in ${s.valueSet}`)).slice(0, 10)).toEqual([]);
-  });
+  }, HEAVY);
 
   it('`trialbridge validate` on the bundles: 0 errors', async () => {
     const files = readdirSync(dir).map((f) => join(dir, f));
     const { stdout } = await promisify(execFile)(process.execPath, ['src/cli/main.ts', 'validate', ...files], { maxBuffer: 16 * 1024 * 1024 });
     expect(stdout.trim().split('\n').at(-1)).toBe(`${resources.length} resources validated, 0 with errors`);
-  });
+  }, HEAVY);
 
   it('every AdverseEvent outcome carries the R4 coding and the research coding beside it', () => {
     const events = resources.filter((r): r is AdverseEvent => r.resourceType === 'AdverseEvent');
@@ -207,7 +213,7 @@ describe('the sample sites output, judged three ways', () => {
     expect(both).toEqual({ 'R4 4.0.1': { binding: 147, everyCoding: 0 }, 'THO / backport STU1': { binding: 147, everyCoding: 0 } });
     expect(measure((codes) => codes.filter((c) => c === c.toLowerCase()))).toEqual({ 'R4 4.0.1': { binding: 0, everyCoding: 0 }, 'THO / backport STU1': { binding: 147, everyCoding: 147 } });
     expect(measure((codes) => codes.filter((c) => c !== c.toLowerCase()))).toEqual({ 'R4 4.0.1': { binding: 147, everyCoding: 147 }, 'THO / backport STU1': { binding: 0, everyCoding: 0 } });
-  });
+  }, HEAVY);
 
   it('the embedded server in strict mode (required bindings, references must resolve) accepts every bundle as a transaction', async () => {
     const double = await ServerDouble.start({ strict: true });
@@ -224,5 +230,5 @@ describe('the sample sites output, judged three ways', () => {
     } finally {
       await double.close();
     }
-  });
+  }, HEAVY);
 });
