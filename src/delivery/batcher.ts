@@ -13,9 +13,9 @@
  *   this attempt, and the queue retries each (every entry is a conditional update: sending again is safe).
  * Entries the bundles share (the ResearchStudy every subject refers to) are sent once.
  */
-import { deliverBundle, type DeliverOptions, type DeliveryRejection, type DeliveryResult, type EntryFailure } from './deliver.ts';
+import { deliverBundle, rollBack, withRollBack, type DeliverOptions, type DeliveryRejection, type DeliveryResult, type EntryFailure } from './deliver.ts';
 import type { FhirClient } from './client.ts';
-import { entryBytes, joinEntries, type SerializedBundle, type SerializedEntry } from './serialized-bundle.ts';
+import { entryBytes, joinEntries, parseBundle, type SerializedBundle, type SerializedEntry } from './serialized-bundle.ts';
 
 export interface BatchLimits {
   /** Most subjects per transaction (1: no batching). */
@@ -73,6 +73,22 @@ export class TransactionBatcher {
     if (batch.length > 0) void this.#send(batch);
   }
 
+  /**
+   * Removes what the shared transaction created for the subjects it refused (a non-atomic server applied their
+   * other entries), so that the server holds only delivered subjects; an entry another, delivered subject
+   * shares stays.
+   */
+  async #undo(batch: readonly Pending[], results: DeliveryResult[], created: Readonly<Record<string, string>>): Promise<void> {
+    const delivered = new Set(batch.flatMap((p, i) => (results[i].outcome === 'delivered' ? p.bundle.entries.map((e) => e.fullUrl) : [])));
+    for (const [i, p] of batch.entries()) {
+      const result = results[i];
+      if (result.outcome !== 'rejected' || !result.rejection) continue;
+      const mine = new Map(p.bundle.entries.flatMap((e) => (e.fullUrl && created[e.fullUrl] && !delivered.has(e.fullUrl) ? [[e.fullUrl, created[e.fullUrl]] as const] : [])));
+      if (mine.size === 0) continue;
+      results[i] = { ...result, rejection: withRollBack(result.rejection, await rollBack(this.#client, mine, parseBundle(p.bundle).entry ?? [], this.#options())) };
+    }
+  }
+
   async #send(pending: Pending[]): Promise<void> {
     let batch = pending;
     const alone = (p: Pending) => deliverBundle(this.#client, p.bundle, this.#options()).then(p.resolve, p.reject);
@@ -87,7 +103,8 @@ export class TransactionBatcher {
     const { combined, placements } = first.conflicting.length > 0 ? combine(batch.map((p) => p.bundle)) : first;
     let result: DeliveryResult;
     try {
-      result = await deliverBundle(this.#client, combined, this.#options());
+      // What a refused subject had created is removed per subject below, not for the whole transaction.
+      result = await deliverBundle(this.#client, combined, { ...this.#options(), rollBackCreated: false });
     } catch (error) {
       for (const p of batch) p.reject(error);
       await Promise.all(solo);
@@ -97,7 +114,9 @@ export class TransactionBatcher {
     this.stats.batchedSubjects += batch.length;
     const rejection = result.rejection;
     if (result.outcome === 'delivered' || rejection?.kind === 'answer' || rejection?.entries) {
-      batch.forEach((p, i) => p.resolve(subjectResult(result, placements, i, p.bundle.entries.length)));
+      const results = batch.map((p, i) => subjectResult(result, placements, i, p.bundle.entries.length));
+      if (result.created) await this.#undo(batch, results, result.created);
+      batch.forEach((p, i) => p.resolve(results[i]));
       await Promise.all(solo);
       return;
     }

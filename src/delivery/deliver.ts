@@ -4,7 +4,7 @@ import { FhirHttpError, JsonText, outcomeText, type FhirClient, type FhirRespons
 import { ResponseTooLargeError } from './http-transport.ts';
 import { isSerialized, parseBundle, type SerializedBundle } from './serialized-bundle.ts';
 import { failureKind, retryPolicy, waitAskedMs, type FailureKind, type RetryPolicy, type RetryPolicyOptions } from './retry.ts';
-import { conditionalReference, referencesOf, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
+import { conditionalReference, dependencyOrder, referencesOf, rewriteReferences, splitTransaction, toConditionalUpdates } from './split.ts';
 
 export interface DeliverOptions {
   /** Most entries the destination takes in one transaction; larger bundles are split (see splitTransaction). */
@@ -26,6 +26,13 @@ export interface DeliverOptions {
    * conditional references outside a transaction are not R4 (and not every server resolves them inside one).
    */
   readonly literalReferences?: boolean;
+  /**
+   * When the data is refused, delete again the resources this delivery created before the refusal (default
+   * true): a server that applies a transaction entry by entry, a split transaction, or individual updates would
+   * otherwise keep part of a subject that is reported dead-lettered. Only entries the server answered 201 are
+   * removed (resources held before the delivery stay); dependants first.
+   */
+  readonly rollBackCreated?: boolean;
 }
 
 /** Per-entry outcomes by HTTP status class; `missing`: a request entry the answer had no entry for. */
@@ -81,6 +88,8 @@ export interface DeliveryResult {
   readonly statusClasses: StatusClasses;
   /** `Type/id` the server gave each delivered entry, by fullUrl, where its answer told (location or resource). */
   readonly located?: Readonly<Record<string, string>>;
+  /** A rejected delivery with rollBackCreated false: `Type/id` of the entries it created (201), by fullUrl, for the caller to remove. */
+  readonly created?: Readonly<Record<string, string>>;
   readonly rejection?: DeliveryRejection;
 }
 
@@ -165,12 +174,14 @@ interface Run {
   readonly now: () => number;
   attempts: number;
   readonly classes: Record<string, number>;
+  /** Entries the server answered 201 in any attempt of this delivery: fullUrl → `Type/id`. */
+  readonly createdNow: Map<string, string>;
 }
 
 const defaultSleep = (ms: number): Promise<void> => delay(ms);
 
 function newRun(options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now'>): Run {
-  return { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0, classes: {} };
+  return { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0, classes: {}, createdNow: new Map() };
 }
 
 function retryKind(error: unknown): DeliveryRetryableError['kind'] {
@@ -325,7 +336,8 @@ const EXPECTED_TYPE: Record<string, string> = { transaction: 'transaction-respon
  * status. Throws DeliveryAnswerError when it is none of that; returns the entries that failed (with the
  * names from `names()`, asked only when something failed: a serialised bundle is parsed only then).
  */
-function checkAnswer(run: Run, response: FhirResponse<Bundle>, requestType: string, count: number, names: () => readonly EntryName[]): CheckedAnswer {
+function checkAnswer(run: Run, response: FhirResponse<Bundle>, requestType: string, fullUrls: readonly (string | undefined)[], names: () => readonly EntryName[]): CheckedAnswer {
+  const count = fullUrls.length;
   const body = response.body as Bundle | undefined;
   const expected = EXPECTED_TYPE[requestType] ?? `${requestType}-response`;
   if (body === undefined || typeof body !== 'object' || body === null || Array.isArray(body) || body.resourceType !== 'Bundle') {
@@ -353,6 +365,10 @@ function checkAnswer(run: Run, response: FhirResponse<Bundle>, requestType: stri
       return;
     }
     countClass(run, statusClass(status));
+    if (status === 201) {
+      const where = literalOf(answer.resource, answer.response?.location);
+      if (where && fullUrls[index]) run.createdNow.set(fullUrls[index], where);
+    }
     if (status >= 200 && status < 300) return;
     const outcome = answer.response?.outcome?.resourceType === 'OperationOutcome' ? (answer.response.outcome as OperationOutcome) : undefined;
     const kind: DeliveryFailureKind = status < 400 ? 'answer' : (failureKind(status, outcome) ?? 'invalid');
@@ -501,7 +517,7 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
   const mode = options.transactions ?? 'detect';
   const transactions = mode === 'detect' ? await supportsTransactions(client, options) : mode;
   if (isSerialized(given) && transactions && (!options.maxEntries || given.entries.length <= options.maxEntries)) {
-    return deliverText(client, given, run);
+    return deliverText(client, given, run, options);
   }
   const bundle = isSerialized(given) ? parseBundle(given) : given;
   const literal = new Map<string, string>();
@@ -526,6 +542,10 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
     statusClasses: { ...run.classes },
     ...(rejection ? { rejection } : { located }),
   });
+  const rejected = async (rejection: DeliveryRejection): Promise<DeliveryResult> => {
+    const undone = await undoCreated(client, run, rejection, bundle.entry ?? [], options);
+    return { ...result(undone.rejection), ...(undone.created ? { created: undone.created } : {}) };
+  };
 
   try {
     if (transactions) {
@@ -539,13 +559,13 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
         try {
           ({ answers, rejection } = await withRetry(run, what, async () => {
             const response = await client.post<Bundle>('', body);
-            const checked = checkAnswer(run, response, 'transaction', part.entry?.length ?? 0, names);
+            const checked = checkAnswer(run, response, 'transaction', (part.entry ?? []).map((e) => e.fullUrl), names);
             return { answers: checked.answers, rejection: judge(client, response, checked, names, run.now()) };
           }));
         } finally {
           requests++;
         }
-        if (rejection) return result(rejection);
+        if (rejection) return await rejected(rejection);
         (part.entry ?? []).forEach((entry, j) => {
           const answer = answers[j];
           if (isCreated(answer?.response?.status)) created++;
@@ -577,27 +597,88 @@ export async function deliverBundle(client: FhirClient, given: Bundle | Serializ
         } finally {
           requests++;
         }
-        if (response.status === 201) created++;
-        else updated++;
-        learn(entry, response.body, response.headers.get('location') ?? response.headers.get('content-location'));
+        const location = response.headers.get('location') ?? response.headers.get('content-location');
+        if (response.status === 201) {
+          created++;
+          const where = literalOf(response.body, location);
+          if (where && entry.fullUrl) run.createdNow.set(entry.fullUrl, where);
+        } else updated++;
+        learn(entry, response.body, location);
       }
     }
   } catch (error) {
-    if (isRejection(error)) return result(rejectionOf(error));
+    if (isRejection(error)) return await rejected(rejectionOf(error));
     throw error;
   }
   return result();
 }
 
+/**
+ * After a refusal: the resources this delivery created are deleted again (rollBackCreated, the default), the
+ * rejection's message saying so; or, with rollBackCreated false (the batcher, which undoes per subject), handed
+ * back as `created`.
+ */
+async function undoCreated(
+  client: FhirClient,
+  run: Run,
+  rejection: DeliveryRejection,
+  entries: readonly BundleEntry[],
+  options: DeliverOptions,
+): Promise<{ rejection: DeliveryRejection; created?: Record<string, string> }> {
+  if (run.createdNow.size === 0) return { rejection };
+  if (options.rollBackCreated === false) return { rejection, created: Object.fromEntries(run.createdNow) };
+  return { rejection: withRollBack(rejection, await rollBack(client, run.createdNow, entries, options)) };
+}
+
+/** The rejection, its message saying what was removed again. */
+export function withRollBack(rejection: DeliveryRejection, done: { removed: number; failed: number }): DeliveryRejection {
+  const { removed, failed } = done;
+  const note = ` (${removed} resource${removed === 1 ? '' : 's'} this delivery had created removed again${failed > 0 ? `; ${failed} could not be removed` : ''})`;
+  return { ...rejection, message: rejection.message + note };
+}
+
+/**
+ * Deletes the resources a refused delivery created (`created`: fullUrl → `Type/id`), entries referring to
+ * others first (servers with referential integrity refuse deleting what is referred to), each under the retry
+ * policy. A resource already gone counts as removed; a failure is counted, never thrown: the delivery is
+ * dead-lettered either way, and its replay writes the subject again.
+ */
+export async function rollBack(
+  client: FhirClient,
+  created: ReadonlyMap<string, string>,
+  entries: readonly BundleEntry[],
+  options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now'> = {},
+): Promise<{ removed: number; failed: number }> {
+  const run = newRun(options);
+  const ordered = dependencyOrder(entries)
+    .map((e) => e.fullUrl)
+    .filter((u): u is string => u !== undefined && created.has(u))
+    .reverse();
+  const rest = [...created.keys()].filter((u) => !ordered.includes(u));
+  let removed = 0;
+  let failed = 0;
+  for (const fullUrl of [...ordered, ...rest]) {
+    const reference = created.get(fullUrl)!;
+    try {
+      await withRetry(run, `DELETE ${reference.split('/')[0]}`, () => client.request('DELETE', reference));
+      removed++;
+    } catch (error) {
+      if (error instanceof FhirHttpError && (error.status === 404 || error.status === 410)) removed++;
+      else failed++;
+    }
+  }
+  return { removed, failed };
+}
+
 /** One transaction sent as the text it already is; the answer's entries say what was created or updated. */
-async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Run): Promise<DeliveryResult> {
+async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Run, options: DeliverOptions): Promise<DeliveryResult> {
   const names = (): EntryName[] => (parseBundle(bundle).entry ?? []).map(entryName);
   let answers: BundleEntry[];
   let rejection: DeliveryRejection | undefined;
   try {
     ({ answers, rejection } = await withRetry(run, `transaction 1/1 to ${client.baseUrl}`, async () => {
       const response = await client.post<Bundle>('', new JsonText(bundle.bytes));
-      const checked = checkAnswer(run, response, 'transaction', bundle.entries.length, names);
+      const checked = checkAnswer(run, response, 'transaction', bundle.entries.map((e) => e.fullUrl), names);
       return { answers: checked.answers, rejection: judge(client, response, checked, names, run.now()) };
     }));
   } catch (error) {
@@ -606,7 +687,10 @@ async function deliverText(client: FhirClient, bundle: SerializedBundle, run: Ru
     answers = [];
   }
   const base = { attempts: run.attempts, requests: 1, statusClasses: { ...run.classes } };
-  if (rejection) return { outcome: 'rejected', ...base, entries: { created: 0, updated: 0 }, rejection };
+  if (rejection) {
+    const undone = await undoCreated(client, run, rejection, run.createdNow.size > 0 ? (parseBundle(bundle).entry ?? []) : [], options);
+    return { outcome: 'rejected', ...base, entries: { created: 0, updated: 0 }, rejection: undone.rejection, ...(undone.created ? { created: undone.created } : {}) };
+  }
   const created = answers.filter((answer) => isCreated(answer.response?.status)).length;
   const located: Record<string, string> = {};
   bundle.entries.forEach((entry, j) => {
