@@ -116,16 +116,12 @@ export function createApp(options: CreateAppOptions): ApiApp {
     res.json({ status: 'ok' });
   });
 
-  // Probed at most every readinessCacheMs whoever asks: an anonymous caller cannot make the API call every
-  // destination per request. Anonymous callers learn ready or not; the checks (destination names, errors) only
-  // the admin key sees.
-  const readiness = cached(options.readinessCacheMs ?? 5000, async () => {
-    const timeout = options.readinessTimeoutMs ?? 2000;
+  // Destinations are probed at most every readinessCacheMs whoever asks: an anonymous caller cannot make the API
+  // call every destination per request. Redis, local and cheap, is asked each time (an outage shows at once).
+  // Anonymous callers learn ready or not; the checks (destination names, errors) only the admin key sees.
+  const timeout = options.readinessTimeoutMs ?? 2000;
+  const destinationChecks = cached(options.readinessCacheMs ?? 5000, async () => {
     const checks: Record<string, { ok: boolean; message?: string }> = {};
-    checks.redis = await probe(async () => {
-      const pong = await withTimeout(pipeline.redis.ping(), timeout);
-      if (pong !== 'PONG') throw new Error(`unexpected answer ${pong}`);
-    });
     if (options.checkDestinations ?? true) {
       await Promise.all(
         pipeline.context.config.destinations.map(async (d) => {
@@ -137,11 +133,19 @@ export function createApp(options: CreateAppOptions): ApiApp {
         }),
       );
     }
-    return { ready: Object.values(checks).every((c) => c.ok), checks };
+    return checks;
   });
 
   app.get('/readyz', async (req, res) => {
-    const { ready, checks } = await readiness();
+    const [redis, destinations] = await Promise.all([
+      probe(async () => {
+        const pong = await withTimeout(pipeline.redis.ping(), timeout);
+        if (pong !== 'PONG') throw new Error(`unexpected answer ${pong}`);
+      }),
+      destinationChecks(),
+    ]);
+    const checks = { redis, ...destinations };
+    const ready = Object.values(checks).every((c) => c.ok);
     const key = presentedKey(req);
     const admin = adminKeyHash !== undefined && key !== undefined && keyMatchesHash(key, adminKeyHash);
     res.status(ready ? 200 : 503).json({ status: ready ? 'ready' : 'not ready', ...(admin ? { checks } : {}) });

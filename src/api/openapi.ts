@@ -98,7 +98,7 @@ export function openApiDocument(): Record<string, unknown> {
       '/readyz': {
         get: {
           operationId: 'ready',
-          summary: "Redis answers and each destination's /metadata is reachable (probed at most every 5 s; the checks only with the admin key)",
+          summary: "Redis answers and each destination's /metadata is reachable (destinations probed at most every 5 s, Redis each time; the checks only with the admin key)",
           security: [],
           responses: { '200': { description: 'Ready', content: json(ref('Readiness')) }, '503': { description: 'Not ready', content: json(ref('Readiness')) } },
         },
