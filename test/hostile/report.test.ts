@@ -27,12 +27,15 @@ interface Run {
 }
 
 /**
- * Runs the CLI without blocking this process (the servers answering it live here). The kill after 50 s only
- * ends a child that loops forever; the test then fails on its exit code and output, not on a time.
+ * Runs the CLI without blocking this process (the servers answering it live here). The kill only ends a child
+ * that loops forever; the test then fails on its exit code and output, not on a time. Both bounds are generous:
+ * a run takes seconds, and on a loaded machine many times that.
  */
+const CHILD_KILL_MS = 120_000;
+const CLI_TEST_MS = 300_000;
 function report(base: string, out: string, ...extra: string[]): Promise<Run> {
   return new Promise((resolve) => {
-    execFile(process.execPath, ['src/cli/main.ts', 'report', '--fhir', base, '--study', STUDY, '--out', out, ...extra], { timeout: 50_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
+    execFile(process.execPath, ['src/cli/main.ts', 'report', '--fhir', base, '--study', STUDY, '--out', out, ...extra], { timeout: CHILD_KILL_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
     });
   });
@@ -85,7 +88,7 @@ function expectOneLine(run: Run, reason: RegExp): void {
 }
 
 describe('report paging', () => {
-  it('refuses a next link to a page it has already read (a link to itself)', async () => {
+  it('refuses a next link to a page it has already read (a link to itself)', { timeout: CLI_TEST_MS }, async () => {
     requests = 0;
     handler = (req, res, base) => answer(res, 200, searchset([study], { link: [{ relation: 'next', url: `${base.replace(/\/fhir$/, '')}${req.url}` }] }));
     const run = await report(hostileBase, join(dir, 'loop'));
@@ -93,7 +96,7 @@ describe('report paging', () => {
     expect(requests).toBe(1);
   });
 
-  it('stops a server that pages without end, each link new, at the page cap', async () => {
+  it('stops a server that pages without end, each link new, at the page cap', { timeout: CLI_TEST_MS }, async () => {
     requests = 0;
     handler = (req, res, base) => {
       const page = Number(new URL(req.url!, 'http://x').searchParams.get('page') ?? '0');
@@ -106,7 +109,7 @@ describe('report paging', () => {
 });
 
 describe('report failures: one line with the reason', () => {
-  it("shows a server's error text with its terminal escapes escaped", async () => {
+  it("shows a server's error text with its terminal escapes escaped", { timeout: CLI_TEST_MS }, async () => {
     handler = (_req, res) =>
       answer(res, 403, { resourceType: 'OperationOutcome', issue: [{ severity: 'error', code: 'forbidden', details: { text: `${ANSI}scope too narrow` } }] });
     const run = await report(hostileBase, join(dir, 'ansi'));
@@ -114,7 +117,7 @@ describe('report failures: one line with the reason', () => {
     expect(run.stderr).toContain('\\x1b]0;owned\\x1b\\\\x1b[2J\\x1b[31mscope too narrow');
   });
 
-  it('an answer over the size cap', async () => {
+  it('an answer over the size cap', { timeout: CLI_TEST_MS }, async () => {
     handler = (_req, res) => {
       res.writeHead(200, { 'content-type': 'application/fhir+json', 'content-length': String(256 * 1024 * 1024) });
       res.write('{"resourceType":"Bundle","entry":[');
@@ -122,7 +125,7 @@ describe('report failures: one line with the reason', () => {
     expectOneLine(await report(hostileBase, join(dir, 'huge')), /^report: ResearchStudy search: the server's answer is too large \(the answer \(HTTP 200\) is larger than \d+ bytes/);
   });
 
-  it('an answer that drips in past the timeout', async () => {
+  it('an answer that drips in past the timeout', { timeout: CLI_TEST_MS }, async () => {
     const drips: NodeJS.Timeout[] = [];
     handler = (_req, res) => {
       res.writeHead(200, { 'content-type': 'application/fhir+json' });
@@ -169,7 +172,7 @@ describe('a study without follow-up dates', () => {
     await server?.close();
   });
 
-  it('still gets its report, with the survival section marked, and values from the server shown escaped', async () => {
+  it('still gets its report, with the survival section marked, and values from the server shown escaped', { timeout: CLI_TEST_MS }, async () => {
     const out = join(dir, 'no-follow-up');
     const run = await report(server.baseUrl, out);
     expect(run.stderr).toBe('');

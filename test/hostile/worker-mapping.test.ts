@@ -56,7 +56,7 @@ function editLine(text: string, line: number, edit: (l: string) => string): stri
 }
 
 describe("the worker's mapping stage", () => {
-  it('maps through a backtracking-prone regex at once and keeps its stdout to its own JSON lines, without the name', async () => {
+  it('maps through a backtracking-prone regex at once and keeps its stdout to its own JSON lines, without the name', { timeout: 300_000 }, async () => {
     const site = (await readFile('mappings/site-a.yaml', 'utf8')).replace('verbatim: { $expr: item_text }', () => `verbatim: { $expr: "iif(item_text.matches('^([0-9]|[0-9a-z]){1,64}$'), 'coded', item_text)" }`);
     const mappingPath = join(dir, 'site-a.yaml');
     await writeFile(mappingPath, site);
@@ -71,10 +71,10 @@ describe("the worker's mapping stage", () => {
     const mapping = await compileMapping(await loadMapping(mappingPath));
     producer = new QueuePipeline({ connection: REDIS, prefix, mappings: [mapping], destinations: await loadDestinations(config), validator: await defaultValidator() });
     worker = new WorkerProcess({ destinations: config, prefix, redisUrl: `redis://${REDIS.host}:${REDIS.port}`, mappings: [mappingPath], name: 'hostile-mapping worker' });
-    await worker.ready();
+    await worker.ready(120_000);
     const submitted = await producer.submitExport('site-a', [input], { recorded: '2019-01-01T00:00:00Z' });
     // A deadline for the failure message only: on a backtracking engine the worker never finishes this subject.
-    await within(50_000, 'the submission is mapped and delivered', producer.waitForSubmission(submitted));
+    await within(180_000, 'the submission is mapped and delivered', producer.waitForSubmission(submitted));
 
     const counters = await producer.submission(submitted.submissionId);
     expect(counters.mappingFailed ?? 0).toBe(0);
