@@ -115,6 +115,18 @@ describe('the server double', () => {
     expect([azure.headers.get('retry-after'), azure.headers.get('x-ms-retry-after-ms')]).toEqual(['2', '1500']);
   });
 
+  it('a. gives entries 412, 500 and 504 as well', async () => {
+    const d = await start({
+      transactionsAsBatches: true,
+      entryFaults: [
+        { status: 412, resourceType: 'Patient' },
+        { status: 500, where: (r) => (r as Observation).identifier?.[0]?.value === 'S1/1' },
+        { status: 504, where: (r) => (r as Observation).identifier?.[0]?.value === 'S1/2' },
+      ],
+    });
+    expect(statuses((await post(d, subjectBundle('S1', 2, 1))).body)).toEqual(['412', '500', '504']);
+  });
+
   it('a. a Patient refused inside a batch leaves the references of its applied entries dangling, and the helper finds them', async () => {
     const d = await start({ transactionsAsBatches: true, entryFaults: [{ status: 400, resourceType: 'Patient' }] });
     expect(statuses((await post(d, subjectBundle('S1', 2, 1))).body)).toEqual(['400', '201', '201']);

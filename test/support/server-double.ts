@@ -57,10 +57,12 @@ export interface WriteContext {
   readonly subject: string | undefined;
 }
 
+export type EntryFaultStatus = 400 | 409 | 412 | 429 | 500 | 504;
+
 /** Writes that fail, chosen by resource type, subject, a predicate, or the first N matching writes. */
 export interface EntryFault {
-  /** 409 (serialization conflict), 429 (quota), 400, or any other status. */
-  readonly status: number;
+  /** 409 (serialization conflict), 429 (quota), 400, 412, 500 or 504: the statuses fhir-router can give an entry. */
+  readonly status: EntryFaultStatus;
   readonly resourceType?: string | readonly string[];
   /** Subject keys (the Patient's identifier value) whose resources fail. */
   readonly subject?: string | readonly string[];
@@ -181,12 +183,22 @@ function medplumQuotaOutcome(waitMs: number): OperationOutcome {
 
 function faultOutcome(fault: EntryFault, resource: Resource): OperationOutcome {
   const text = fault.text ?? defaultText(fault.status);
-  if (fault.status === 409) return conflict(text);
-  if (fault.status === 429) return medplumQuotaOutcome(fault.waitMs ?? 1000);
-  if (fault.status === 400) return badRequest(text, resource.resourceType);
-  const code = fault.status >= 500 ? 'exception' : 'processing';
-  // getStatus() reads an outcome's id for statuses it knows; others are told by the issue code.
-  return { resourceType: 'OperationOutcome', id: String(fault.status), issue: [{ severity: 'error', code, details: { text } }] };
+  const issue = (code: 'processing' | 'exception' | 'timeout'): OperationOutcome['issue'] => [{ severity: 'error', code, details: { text } }];
+  // fhir-router answers an entry with getStatus() of its outcome, which reads the outcome's id.
+  switch (fault.status) {
+    case 409:
+      return conflict(text);
+    case 429:
+      return medplumQuotaOutcome(fault.waitMs ?? 1000);
+    case 400:
+      return badRequest(text, resource.resourceType);
+    case 412:
+      return { resourceType: 'OperationOutcome', id: 'precondition-failed', issue: issue('processing') };
+    case 504:
+      return { resourceType: 'OperationOutcome', id: 'server-timeout', issue: issue('timeout') };
+    case 500:
+      return { resourceType: 'OperationOutcome', issue: issue('exception') };
+  }
 }
 
 /** Every `reference` of a resource, with its FHIRPath-like location. */
