@@ -69,6 +69,13 @@ describe('a transaction answer is checked before anything counts delivered', () 
     expect(elsewhere.isDone()).toBe(false);
   });
 
+  it('rejects a delivery whose CapabilityStatement (transactions: detect) is answered with a redirect, sending nothing', async () => {
+    nock(ORIGIN).get('/fhir/R4/metadata').reply(302, '', { Location: 'https://login.example/authorize' });
+    const result = await deliverBundle(new FhirClient({ baseUrl: BASE }), bundle, { ...options(recorder().sleep), transactions: 'detect' });
+    expect(result).toMatchObject({ outcome: 'rejected', requests: 0, rejection: { status: 302, kind: 'answer' } });
+    expect(result.rejection!.message).toContain('https://login.example/authorize; not followed');
+  });
+
   it('rejects an HTML login page answered with 200, an empty and a short transaction-response, and a batch-response', async () => {
     const client = new FhirClient({ baseUrl: BASE });
     nock(ORIGIN).post('/fhir/R4').reply(200, '<html><body>Sign in</body></html>', { 'Content-Type': 'text/html' });

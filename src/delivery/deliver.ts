@@ -515,7 +515,14 @@ function checkUpdateAnswer(response: FhirResponse<Resource>, type: string, what:
 export async function deliverBundle(client: FhirClient, given: Bundle | SerializedBundle, options: DeliverOptions = {}): Promise<DeliveryResult> {
   const run = newRun(options);
   const mode = options.transactions ?? 'detect';
-  const transactions = mode === 'detect' ? await supportsTransactions(client, options) : mode;
+  let transactions: boolean;
+  try {
+    transactions = mode === 'detect' ? await supportsTransactions(client, options) : mode;
+  } catch (error) {
+    // A CapabilityStatement answered with a redirect: the destination is misconfigured, like any redirect.
+    if (error instanceof FhirHttpError && error.kind === 'redirect') return { outcome: 'rejected', attempts: 1, requests: 0, entries: { created: 0, updated: 0 }, statusClasses: {}, rejection: rejectionOf(error) };
+    throw error;
+  }
   if (isSerialized(given) && transactions && (!options.maxEntries || given.entries.length <= options.maxEntries)) {
     return deliverText(client, given, run, options);
   }
