@@ -8,7 +8,7 @@ import { readDictionary, readRedcap } from '../source/redcap.ts';
 import type { CompiledMapping, CompiledSourceFile } from './compile.ts';
 import { FieldError } from './errors.ts';
 import { EvalContext, type CompiledExpression } from './expression.ts';
-import { compileMappingRegex } from './regex.ts';
+import { compileMappingRegex, MappingRegexError } from './regex.ts';
 
 export interface SourceReadResult {
   readonly records: SourceRecord[];
@@ -19,7 +19,13 @@ export interface SourceReadResult {
 /** A file-name glob of the mapping on the linear-time engine: `*a*a*a*…` would backtrack on a RegExp. */
 function globToRegExp(glob: string): { test(name: string): boolean } {
   const escaped = glob.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.');
-  return compileMappingRegex(`^${escaped}$`, true);
+  try {
+    return compileMappingRegex(`^${escaped}$`, true);
+  } catch (err) {
+    // Thousands of `*` make a program past the engine's limit: the mapping's pattern is named, not a stack.
+    if (err instanceof MappingRegexError) throw new SourceFileError(glob, `file name pattern not usable: ${err.message}`);
+    throw err;
+  }
 }
 
 /** Input paths as files: a directory stands for the files directly in it. */

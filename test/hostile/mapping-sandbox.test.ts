@@ -139,6 +139,17 @@ describe('what an expression can reach', () => {
   });
 });
 
+describe('file-name globs', () => {
+  it('run on the linear-time engine, and a glob past its program limit is refused naming the pattern', async () => {
+    const mapping = await compileMapping(await loadMapping('mappings/site-a.yaml'));
+    // `*a*a*…` against a long name backtracks polynomially on a RegExp; here it is a plain automaton.
+    const stars = { ...mapping, files: mapping.files.map((f) => ({ ...f, match: `${'*x'.repeat(200)}*` })) };
+    await expect(mapExport(stars, ['examples/site-a'], { recorded: RECORDED, validate: false })).rejects.toThrow(/no input file matches/);
+    const huge = { ...mapping, files: mapping.files.map((f) => ({ ...f, match: `${'*'.repeat(3000)}x` })) };
+    await expect(mapExport(huge, ['examples/site-a'], { recorded: RECORDED, validate: false })).rejects.toThrow(/file name pattern not usable: the regular expression compiles to \d+ instructions \(limit 5000\)/);
+  });
+});
+
 describe('the evaluation budget', () => {
   it('stops a pathological expression over a whole export: only the records of that rule are rejected, naming row, field and reason', async () => {
     // records^6 steps: past the budget for every subject of the sample.
