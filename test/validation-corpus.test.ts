@@ -156,6 +156,64 @@ describe('validation corpus: one planted defect per resource', () => {
   }, HEAVY);
 });
 
+describe('beyond the corpus: systematic mutants of the sample output', () => {
+  // Every element (at every depth) of one sample resource per profile, replaced by each wrong JSON shape. The
+  // corpus was written with the rules in mind; these mutants were not, so they test the claim on ground it was
+  // not built on. Many mutants are valid FHIR (a string for a string): only the comparison matters.
+  const SHAPES: Record<string, (value: unknown) => unknown> = {
+    'empty object': () => ({}),
+    'empty array': () => [],
+    'empty string': () => '',
+    whitespace: () => '  ',
+    number: () => 42,
+    boolean: () => true,
+    string: () => 'x',
+    'wrapped in an array': (v) => [v],
+    'first item of its array': (v) => (Array.isArray(v) ? v[0] : v),
+    'id only': () => ({ id: 'a' }),
+    null: () => null,
+    '1e400': () => Number.POSITIVE_INFINITY,
+  };
+  const paths = (value: unknown, at: (string | number)[] = [], out: (string | number)[][] = []): (string | number)[][] => {
+    if (at.length > 0) out.push(at);
+    if (value && typeof value === 'object') {
+      for (const k of Object.keys(value)) if (k !== 'resourceType') paths((value as Record<string, unknown>)[k], [...at, Array.isArray(value) ? Number(k) : k], out);
+    }
+    return out;
+  };
+
+  it('trialbridge catches every mutant @medplum/core catches', async () => {
+    const samples = new Map<string, Resource>();
+    for (const bundle of await sampleBundles()) for (const e of bundle.entry ?? []) samples.set(e.resource!.meta?.profile?.[0] ?? e.resource!.resourceType, e.resource!);
+    let mutants = 0;
+    let medplum = 0;
+    let ours = 0;
+    const missed: string[] = [];
+    for (const sample of samples.values()) {
+      for (const path of paths(sample)) {
+        for (const [shape, replace] of Object.entries(SHAPES)) {
+          const mutant = structuredClone(sample) as unknown as Record<string | number, unknown>;
+          let parent = mutant;
+          for (const step of path.slice(0, -1)) parent = parent[step] as Record<string | number, unknown>;
+          parent[path.at(-1)!] = replace(parent[path.at(-1)!]);
+          mutants++;
+          const theirs = medplumErrors(mutant as unknown as Resource).length > 0;
+          const caught = validator.validate(mutant as unknown as Resource).some((i) => i.severity === 'error' || i.severity === 'fatal');
+          if (theirs) medplum++;
+          if (caught) ours++;
+          if (theirs && !caught) missed.push(`${sample.resourceType}.${path.join('.')} as ${shape}`);
+        }
+      }
+    }
+    expect(missed).toEqual([]);
+    expect(samples.size).toBe(10);
+    expect(mutants).toBeGreaterThan(5000);
+    expect(ours).toBeGreaterThan(medplum);
+    mkdirSync('test-output', { recursive: true });
+    writeFileSync('test-output/validation-mutants.json', JSON.stringify({ mutants, medplum, trialbridge: ours }) + '\n');
+  }, HEAVY);
+});
+
 describe('the sample sites output, judged three ways', () => {
   let bundles: Bundle[];
   let resources: Resource[];

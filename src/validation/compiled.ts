@@ -230,8 +230,10 @@ function codesOf(value: unknown, type: string): string[] {
     const c = value as { system?: string; code?: string };
     return c?.code ? [`${c.system ?? ''}|${c.code}`] : [];
   }
-  const cc = value as { coding?: { system?: string; code?: string }[] };
-  return (cc?.coding ?? []).filter((c) => c.code).map((c) => `${c.system ?? ''}|${c.code}`);
+  // Malformed shapes (coding not an array, a coding not an object) are reported by the structure checks.
+  const coding = (value as { coding?: unknown })?.coding;
+  if (!Array.isArray(coding)) return [];
+  return (coding as ({ system?: string; code?: string } | null)[]).filter((c) => c && typeof c === 'object' && c.code).map((c) => `${c!.system ?? ''}|${c!.code}`);
 }
 
 interface CompiledElement {

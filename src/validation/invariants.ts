@@ -82,8 +82,8 @@ const NATIVE: Record<string, { expression: string; check: (value: unknown) => bo
     expression: "verificationStatus.coding.where(system='http://terminology.hl7.org/CodeSystem/condition-ver-status' and code='entered-in-error').empty() or clinicalStatus.empty()",
     check: (v) => {
       const obj = v as Obj;
-      const codings = list((obj?.verificationStatus as Obj)?.coding) as { system?: string; code?: string }[];
-      const error = codings.some((c) => c.system === 'http://terminology.hl7.org/CodeSystem/condition-ver-status' && c.code === 'entered-in-error');
+      const codings = list((obj?.verificationStatus as Obj)?.coding) as ({ system?: string; code?: string } | null)[];
+      const error = codings.some((c) => c?.system === 'http://terminology.hl7.org/CodeSystem/condition-ver-status' && c?.code === 'entered-in-error');
       return !error || !has(obj?.clinicalStatus);
     },
   },
@@ -93,8 +93,8 @@ const NATIVE: Record<string, { expression: string; check: (value: unknown) => bo
     check: (v) => {
       const obj = v as Obj;
       if (!hasChoice(obj, 'abatement')) return true;
-      const codings = list((obj?.clinicalStatus as Obj)?.coding) as { system?: string; code?: string }[];
-      return codings.some((c) => c.system === 'http://terminology.hl7.org/CodeSystem/condition-clinical' && ['resolved', 'remission', 'inactive'].includes(c.code ?? ''));
+      const codings = list((obj?.clinicalStatus as Obj)?.coding) as ({ system?: string; code?: string } | null)[];
+      return codings.some((c) => c?.system === 'http://terminology.hl7.org/CodeSystem/condition-clinical' && ['resolved', 'remission', 'inactive'].includes(c?.code ?? ''));
     },
   },
 };

@@ -49,7 +49,10 @@ export class ResourceValidator {
 
   /** Issues of one resource: errors make it unfit to deliver; warnings are kept for the record. */
   validate(resource: Resource, requiredProfiles: readonly string[] = []): OperationOutcomeIssue[] {
-    const profiles = [...new Set([...(resource.meta?.profile ?? []), ...requiredProfiles])];
+    // A malformed meta.profile is reported by the structure checks; only well-formed claims select profiles.
+    const metaProfile: unknown = resource.meta?.profile;
+    const claimedProfiles = Array.isArray(metaProfile) ? metaProfile.filter((p): p is string => typeof p === 'string') : [];
+    const profiles = [...new Set([...claimedProfiles, ...requiredProfiles])];
     const issues: OperationOutcomeIssue[] = [];
     const seen = new Set<string>();
     const add = (list: OperationOutcomeIssue[]) => {
@@ -61,7 +64,7 @@ export class ResourceValidator {
         }
       }
     };
-    const claimed = new Set(resource.meta?.profile ?? []);
+    const claimed = new Set(claimedProfiles);
     for (const url of profiles) {
       const schema = this.schemaFor(url);
       if (!schema) {
