@@ -102,7 +102,10 @@ export function failureReason(err: unknown): string {
     return `cannot reach the server (${cause?.code ?? cause?.message ?? 'network error'})`;
   }
   const code = (err as { code?: unknown } | null)?.code;
-  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return `cannot read from the server (${code}: ${(err as Error).message})`;
+  const path = (err as { path?: unknown } | null)?.path;
+  // Network failures come as StudySourceErrors (fhir-source.ts); a file error here is the output directory's.
+  if (typeof code === 'string' && typeof path === 'string') return `cannot write ${path} (${code})`;
+  if (typeof code === 'string') return `${code}: ${(err as Error).message}`;
   return `unexpected error: ${err instanceof Error ? err.message : String(err)}`;
 }
 
