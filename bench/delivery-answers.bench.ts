@@ -48,7 +48,7 @@ function closure(entries: readonly BundleEntry[], seed: Iterable<BundleEntry>): 
   return out;
 }
 
-for (const status of [409, 429]) {
+for (const status of [409, 429] as const) {
   let n = 0;
   const double = await ServerDouble.start({ transactionsAsBatches: true, entryFaults: [{ status, where: () => ++n % 40 === 0 }] });
   let sent = 0;
