@@ -2,7 +2,7 @@ import { mkdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { MappedExport } from '../bundle/map-export.ts';
 import { expandInputs } from '../mapping/records.ts';
-import { describeProblem } from '../source/record.ts';
+import { describeProblem, type RecordProblem } from '../source/record.ts';
 import { terminalSafe } from './terminal.ts';
 
 /**
@@ -43,6 +43,14 @@ export async function writeMappedExport(out: string, mapped: MappedExport, ndjso
   return written;
 }
 
+/**
+ * A reject as the terminal shows it: the record key only when it does not spell out the subject id (REDCap
+ * keys are `record_id:instrument:instance`, and the record id is the subject's).
+ */
+function terminalProblem(p: RecordProblem): string {
+  return p.subject && p.key.includes(p.subject) ? `${p.file} row ${p.row} field ${p.field}: ${p.reason}` : describeProblem(p);
+}
+
 /** Human summary for the terminal: counts and reasons, never field values (they may identify a patient), control characters escaped. */
 export function formatSummary(mapped: MappedExport): string {
   const s = mapped.summary;
@@ -51,7 +59,7 @@ export function formatSummary(mapped: MappedExport): string {
     `  ${s.subjects} subject bundles; resources: ${Object.entries(s.resourcesByType).map(([t, n]) => `${t} ${n}`).join(', ')}`,
     `  ${s.recordsRejected} records rejected`,
   ];
-  for (const problem of s.rejects) lines.push(`    ${describeProblem(problem)}`);
+  for (const problem of s.rejects) lines.push(`    ${terminalProblem(problem)}`);
   // File names, record keys and reasons come from the export: control characters are shown, not obeyed.
   return lines.map(terminalSafe).join('\n');
 }

@@ -161,6 +161,9 @@ describe('source readers keep identifiers as written', () => {
     const text2 = JSON.stringify(await bundlesOf(run.out, 'site-b'));
     expect(text2).toContain('"9007199254740993"');
     expect(text2).toContain('"9007199254740992"');
+    // The terminal names rejects by file, row and field: REDCap record keys (`record_id:instrument:instance`) spell out the subject id.
+    expect(run.stdout).toContain('records.json row 25 field ae_start: impossible date: day 30 of 2015-02');
+    expect(run.stdout + baseline.stdout).not.toMatch(/900719925474099|\(\d+:[a-z_]+:\d+\)/);
     await rm(baseline.out, { recursive: true, force: true });
   });
 });
