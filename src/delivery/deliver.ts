@@ -114,6 +114,11 @@ export class DeliveryRetryableError extends Error {
   /** Per-entry outcomes of the answers received, when the failure was inside a 2xx answer. */
   readonly statusClasses: StatusClasses | undefined;
   readonly entries: readonly EntryFailure[] | undefined;
+  /**
+   * `Type/id` of the entries this delivery created (201) before giving up, by fullUrl: a caller that gives the
+   * subject up for good removes them (undoAfterGivingUp), like a refused delivery's.
+   */
+  readonly created: Readonly<Record<string, string>> | undefined;
 
   constructor(
     message: string,
@@ -124,6 +129,7 @@ export class DeliveryRetryableError extends Error {
       kind?: DeliveryRetryableError['kind'];
       statusClasses?: StatusClasses;
       entries?: readonly EntryFailure[];
+      created?: Readonly<Record<string, string>>;
       cause: unknown;
     },
   ) {
@@ -136,6 +142,7 @@ export class DeliveryRetryableError extends Error {
     this.conflict = this.kind === 'conflict';
     this.statusClasses = init.statusClasses;
     this.entries = init.entries;
+    this.created = init.created;
   }
 }
 
@@ -208,6 +215,7 @@ async function withRetry<T>(run: Run, what: string, send: () => Promise<T>): Pro
         kind: retryKind(error),
         statusClasses: { ...run.classes },
         ...(error instanceof EntriesRetryable ? { entries: error.failures } : {}),
+        ...(run.createdNow.size > 0 ? { created: Object.fromEntries(run.createdNow) } : {}),
         cause: error,
       };
       if (!run.policy.canRetry(attempt)) throw new DeliveryRetryableError(`${what}: gave up after ${attempt} attempts: ${reason}`, init);
@@ -637,11 +645,24 @@ async function undoCreated(
   return { rejection: withRollBack(rejection, await rollBack(client, run.createdNow, entries, options)) };
 }
 
+/**
+ * A delivery given up for good after retryable failures (its last attempt): what it created is removed again,
+ * as for a refused one, so that the dead-lettered subject is not half on the server. Returns the note for the
+ * dead letter's reason ('' when nothing was created).
+ */
+export async function undoAfterGivingUp(client: FhirClient, bundle: SerializedBundle, error: unknown, options: DeliverOptions = {}): Promise<string> {
+  if (!(error instanceof DeliveryRetryableError) || !error.created) return '';
+  const done = await rollBack(client, new Map(Object.entries(error.created)), parseBundle(bundle).entry ?? [], options);
+  return rollBackNote(done);
+}
+
 /** The rejection, its message saying what was removed again. */
 export function withRollBack(rejection: DeliveryRejection, done: { removed: number; failed: number }): DeliveryRejection {
-  const { removed, failed } = done;
-  const note = ` (${removed} resource${removed === 1 ? '' : 's'} this delivery had created removed again${failed > 0 ? `; ${failed} could not be removed` : ''})`;
-  return { ...rejection, message: rejection.message + note };
+  return { ...rejection, message: rejection.message + rollBackNote(done) };
+}
+
+function rollBackNote({ removed, failed }: { removed: number; failed: number }): string {
+  return ` (${removed} resource${removed === 1 ? '' : 's'} this delivery had created removed again${failed > 0 ? `; ${failed} could not be removed` : ''})`;
 }
 
 /**

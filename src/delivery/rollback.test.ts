@@ -12,7 +12,7 @@ import { loadMapping } from '../mapping/load.ts';
 import { ServerDouble } from '../../test/support/server-double.ts';
 import { TransactionBatcher } from './batcher.ts';
 import { FhirClient } from './client.ts';
-import { deliverBundle, isNonAtomic, type DeliverOptions } from './deliver.ts';
+import { deliverBundle, DeliveryRetryableError, isNonAtomic, undoAfterGivingUp, type DeliverOptions } from './deliver.ts';
 import { serializeBundle } from './serialized-bundle.ts';
 
 let withEvents: Bundle[];
@@ -98,5 +98,20 @@ describe('what a refused subject had created is removed again', () => {
     // Only the ResearchStudy it shares with the delivered subjects stays.
     expect(await held(bundles[1])).toBe(1);
     for (const b of [bundles[0], bundles[2]]) expect(await held(b)).toBe(b.entry!.length);
+  });
+
+  it('a subject given up after retryable entry failures (its last attempt) is removed again too', async () => {
+    double = await ServerDouble.start({ transactionsAsBatches: true, entryFaults: [{ status: 409, resourceType: 'Observation' }] });
+    const client = new FhirClient({ baseUrl: double.baseUrl });
+    const bundle = withoutEvents.find((b) => b.entry!.some((e) => e.resource!.resourceType === 'Observation'))!;
+    const serialized = serializeBundle(bundle);
+    const error = await deliverBundle(client, serialized, OPTIONS).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(DeliveryRetryableError);
+    expect((error as DeliveryRetryableError).kind).toBe('conflict');
+    expect(await held(bundle)).toBeGreaterThan(0);
+    const note = await undoAfterGivingUp(client, serialized, error, OPTIONS);
+    expect(note).toMatch(/^ \(\d+ resources this delivery had created removed again\)$/);
+    expect(await held(bundle)).toBe(0);
+    expect(await undoAfterGivingUp(client, serialized, new Error('not a delivery failure'), OPTIONS)).toBe('');
   });
 });

@@ -11,7 +11,7 @@ import { CircuitBreakers, CircuitOpenError, type CircuitBreaker } from '../deliv
 import type { FhirClient } from '../delivery/client.ts';
 import { destinationClient } from '../delivery/destination-client.ts';
 import { TransactionBatcher } from '../delivery/batcher.ts';
-import { DeliveryRetryableError, type DeliverOptions, type DeliveryResult } from '../delivery/deliver.ts';
+import { DeliveryRetryableError, undoAfterGivingUp, type DeliverOptions, type DeliveryResult } from '../delivery/deliver.ts';
 import { SharedEntries, type SharedEntryStore } from '../delivery/shared-entries.ts';
 import { incidentLine, MemoryPacer, paced, paceSignal, type Pacer, type PacingIncident } from '../delivery/pacing.ts';
 import type { Logger } from '../log.ts';
@@ -546,7 +546,9 @@ export async function runDeliveryJob(ctx: PipelineContext, store: PipelineStore,
     ctx.config.logger?.info({ ...logged, outcome: 'failed', ...(error instanceof DeliveryRetryableError ? { entries: error.statusClasses, kind: error.kind, status: error.status, attempts: error.attempts } : {}) }, 'delivery');
     if (!finalAttempt) throw error;
     const status = error instanceof DeliveryRetryableError ? error.status : (error as { status?: number }).status;
-    return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}`, status);
+    // Given up for good: what this attempt created is removed again, like a refused subject's.
+    const undone = await undoAfterGivingUp(ctx.client(destination), data.bundle, error, ctx.deliverOptions(destination));
+    return deadLetter(`gave up: ${error instanceof Error ? error.message : String(error)}${undone}`, status);
   }
   if (result.outcome === 'rejected') {
     const rejection = result.rejection!;
