@@ -91,7 +91,7 @@ describe('a fourth site onboarded by a mapping file alone', () => {
     const mapped = await mapExport(mapping, [dir], { recorded: '2017-02-01T00:00:00Z' });
 
     expect(mapped.summary.rejects).toEqual([
-      expect.objectContaining({ file: 'events-2017.ndjson', row: 4, key: 'e4', field: 'at', value: '04/31/2015', reason: 'impossible date (MM/dd/yyyy)' }),
+      expect.objectContaining({ file: 'events-2017.ndjson', row: 4, key: 'e4', field: 'at', value: '04/31/2015', reason: 'impossible date (MM/dd/yyyy): the day is past the end of the month (April has 30 days)' }),
     ]);
     expect(mapped.summary.resourcesByType).toEqual({ AdverseEvent: 1, Condition: 1, Patient: 1, Procedure: 1, Provenance: 1, ResearchStudy: 1, ResearchSubject: 1 });
     const resources = (mapped.bundles[0].bundle as Bundle).entry!.map((e) => e.resource!);

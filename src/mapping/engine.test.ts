@@ -114,7 +114,7 @@ describe('mapRecords', async () => {
     const result = mapRecords(mapping, [enrol, badDose, badDate, rec('S1', 'RT', { DAY: '2016-03-01', DOSE: '50' })]);
     expect(result.problems).toEqual([
       expect.objectContaining({ row: badDose.row, field: 'DOSE', value: 'sixty', reason: 'value is not a number' }),
-      expect.objectContaining({ row: badDate.row, field: 'DAY', value: '2016-02-30', reason: 'impossible date: day 30 of 2016-02' }),
+      expect.objectContaining({ row: badDate.row, field: 'DAY', value: '2016-02-30', reason: 'impossible date (ISO 8601): the day is past the end of the month (February has 28 or 29 days)' }),
     ]);
     expect(result.subjects[0].resources.map((r) => r.rule)).toEqual(['patient', 'rt']);
   });

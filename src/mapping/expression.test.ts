@@ -40,3 +40,34 @@ describe('compileExpression', () => {
     expect(compileExpression("'x' + EXDOSE", new Map()).field).toBe('EXDOSE');
   });
 });
+
+describe('date arithmetic', () => {
+  it('adds and subtracts calendar words and UCUM time units, keeping the precision of the date', () => {
+    expect(evaluate('@2016-05-08 + 28 days', {})).toEqual(['2016-06-05']);
+    expect(evaluate("@2016-05-08 + 28 'd'", {})).toEqual(['2016-06-05']);
+    expect(evaluate('@2016-05-08 - 2 weeks', {})).toEqual(['2016-04-24']);
+    expect(evaluate("@2016-05-08 + 1 'wk'", {})).toEqual(['2016-05-15']);
+    expect(evaluate('@2016-01-31 + 1 month', {})).toEqual(['2016-02-29']);
+    expect(evaluate("@2016-05 + 8 'mo'", {})).toEqual(['2017-01']);
+    expect(evaluate("@2016 - 1 'a'", {})).toEqual(['2015']);
+    expect(evaluate('@2016-02-29 + 1 year', {})).toEqual(['2017-02-28']);
+    // @medplum/core turns a date-time literal into UTC; a date-time read from a record keeps its offset.
+    expect(evaluate('@2016-05-08T23:30:00+09:00 + 1 hour', {})).toEqual(['2016-05-08T15:30:00.000Z']);
+    expect(evaluate('AT + 1 hour', { AT: '2016-05-08T23:30:00+09:00' })).toEqual(['2016-05-09T00:30:00+09:00']);
+  });
+
+  it('reads a field or let holding a FHIR date as a date', () => {
+    expect(evaluate("START.toDate() + 7 days", { START: '2016-12-28' })).toEqual(['2017-01-04']);
+    expect(evaluate('START + 7 days', { START: '2016-12-28' })).toEqual(['2017-01-04']);
+  });
+
+  it('refuses what it cannot do with a reason that names the units, not the value', () => {
+    expect(() => evaluate('@2016-05 + 10 days', {})).toThrow(/cannot add days to a date of month precision/);
+    expect(() => evaluate('START + 7 days', { START: 'soon' })).toThrow(/not a FHIR date or date-time/);
+  });
+
+  it('leaves other arithmetic to the engine', () => {
+    expect(evaluate('2 + 3', {})).toEqual([5]);
+    expect(evaluate("'a' + 'b'", {})).toEqual(['ab']);
+  });
+});

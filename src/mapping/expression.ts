@@ -1,6 +1,7 @@
-import { evalFhirPathTyped, FunctionAtom, parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
+import { ArithmeticOperatorAtom, evalFhirPathTyped, FunctionAtom, parseFhirPath, type AtomContext, type FhirPathAtom, type TypedValue } from '@medplum/core';
 import type { SourceRecord } from '../source/record.ts';
 import { checkRegexInput, checkResult, tick, withinBudget } from './budget.ts';
+import { calendarUnit, DateFormatError, shiftDate } from './dates.ts';
 import { FieldError } from './errors.ts';
 import { compileFast, Unsupported, type FastScope } from './fast-path.ts';
 import { compileMappingRegex, regexMatches, regexProblem, regexReplaceAll } from './regex.ts';
@@ -232,6 +233,43 @@ function instrument(node: { eval: AtomEval }, seen = new Set<object>()): void {
   };
 }
 
+/**
+ * `date + 28 days` and `date - 1 'mo'` as FHIRPath defines them. @medplum/core (5.x) joins a date and a quantity
+ * as text (`@2016-05-08 + 28 days` gives "2016-05-0828"), so every `+`/`-` whose right side is a time quantity
+ * is computed here (dates.ts keeps the date's precision); all other arithmetic stays with the engine. A date a
+ * let holds is a string: it is read as a date when it is one, since string + quantity means nothing else.
+ */
+function dateArithmetic(node: unknown, seen = new Set<unknown>()): void {
+  if (node === null || typeof node !== 'object' || seen.has(node)) return;
+  seen.add(node);
+  for (const value of Object.values(node)) {
+    if (Array.isArray(value)) value.forEach((v) => dateArithmetic(v, seen));
+    else dateArithmetic(value, seen);
+  }
+  if (!(node instanceof ArithmeticOperatorAtom) || (node.operator !== '+' && node.operator !== '-') || node.left === node.right) return;
+  const atom = node;
+  const original = atom.eval.bind(atom);
+  atom.eval = (context, input) => {
+    const right = atom.right.eval(context, input);
+    const quantity = right.length === 1 && right[0].type === 'Quantity' ? (right[0].value as { value?: number; unit?: string; code?: string }) : undefined;
+    const unit = calendarUnit(quantity?.code ?? quantity?.unit);
+    if (!quantity || !unit) return original(context, input);
+    const left = atom.left.eval(context, input);
+    if (left.length === 0 || typeof quantity.value !== 'number') return [];
+    if (left.length > 1) throw new Error(`date arithmetic on ${left.length} values where one is expected`);
+    const { type, value } = left[0];
+    if (typeof value !== 'string' || !['date', 'dateTime', 'string'].includes(type)) {
+      throw new Error(`cannot add ${unit} to a ${type}: the left side must be a date or date-time`);
+    }
+    try {
+      return [{ type, value: shiftDate(value, atom.operator === '-' ? -quantity.value : quantity.value, unit) }];
+    } catch (err) {
+      if (err instanceof DateFormatError) throw new Error(err.message);
+      throw err;
+    }
+  };
+}
+
 /** The literal pattern of a `matches`/`replaceMatches` call (checkFunctions made sure there is one). */
 function regexLiteral(node: FunctionAtom): string {
   return (node.args[0] as unknown as { value: { value: string } }).value.value;
@@ -319,6 +357,7 @@ export function compileExpression(source: string, constants: ReadonlyMap<string,
   const atom: FhirPathAtom = parseFhirPath(text);
   checkFunctions(atom);
   const fast = compileFast(atom);
+  dateArithmetic(atom);
   instrument(atom as unknown as { eval: AtomEval });
   const general = (ctx: EvalContext) => evalFhirPathTyped(atom, ctx.input, ctx.fhirPathContext.variables).map((t) => t.value);
   const field = firstField(text);

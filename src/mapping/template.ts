@@ -1,7 +1,7 @@
 import type { Coding, Quantity } from '@medplum/fhirtypes';
 import { FieldError } from './errors.ts';
 import { compileExpression, isTrue, type CompiledExpression, type EvalContext } from './expression.ts';
-import { DateFormatError, parseSourceDate, type DateParseOptions } from './dates.ts';
+import { DateFormatError, parseDateOffset, parseSourceDate, shiftDate, type DateParseOptions } from './dates.ts';
 import { UnmappedCodeError, type CodeTranslation } from './terminology.ts';
 import { conversionFactor, convert, ucumCode, UCUM, UnitError } from './units.ts';
 
@@ -169,10 +169,12 @@ function compileExpr(env: CompileEnv, path: readonly string[], node: Record<stri
 }
 
 function compileDate(env: CompileEnv, path: readonly string[], node: Record<string, unknown>): Producer {
-  checkOptions(env, path, node, ['$date', 'type', 'required', 'aggregate', 'formats']);
+  checkOptions(env, path, node, ['$date', 'type', 'required', 'aggregate', 'formats', 'offset']);
   const expr = expression(env, [...path, '$date'], node.$date);
   const type = node.type ?? 'dateTime';
   if (type !== 'date' && type !== 'dateTime') env.issue([...path, 'type'], "must be 'date' or 'dateTime'");
+  const offset = node.offset === undefined ? undefined : parseDateOffset(String(node.offset));
+  if (typeof offset === 'string') env.issue([...path, 'offset'], offset);
   const options: DateParseOptions = Array.isArray(node.formats) ? { ...env.dates, formats: node.formats as string[] } : env.dates;
   if (!expr) return () => undefined;
   const producer = withAggregate(aggregateOption(env, path, node), (ctx) => {
@@ -181,7 +183,8 @@ function compileDate(env: CompileEnv, path: readonly string[], node: Record<stri
     const raw = display(value) ?? '';
     try {
       const parsed = parseSourceDate(raw, options);
-      return type === 'date' && parsed.precision === 'time' ? parsed.value.slice(0, 10) : parsed.value;
+      const value = offset && typeof offset !== 'string' ? shiftDate(parsed.value, offset.amount, offset.unit) : parsed.value;
+      return type === 'date' && parsed.precision === 'time' ? value.slice(0, 10) : value;
     } catch (err) {
       if (err instanceof DateFormatError) throw new FieldError(expr.field, raw, err.message);
       throw err;

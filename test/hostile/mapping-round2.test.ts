@@ -162,7 +162,7 @@ describe('source readers keep identifiers as written', () => {
     expect(text2).toContain('"9007199254740993"');
     expect(text2).toContain('"9007199254740992"');
     // The terminal names rejects by file, row and field: REDCap record keys (`record_id:instrument:instance`) spell out the subject id.
-    expect(run.stdout).toContain('records.json row 25 field ae_start: impossible date: day 30 of 2015-02');
+    expect(run.stdout).toContain('records.json row 25 field ae_start: impossible date (ISO 8601): the day is past the end of the month (February has 28 or 29 days)');
     expect(run.stdout + baseline.stdout).not.toMatch(/900719925474099|\(\d+:[a-z_]+:\d+\)/);
     await rm(baseline.out, { recursive: true, force: true });
   });
