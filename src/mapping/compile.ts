@@ -1,6 +1,7 @@
 import type { ResourceType } from '@medplum/fhirtypes';
 import { MappingError, type MappingIssue } from './errors.ts';
 import { BUILT_IN_VARIABLES, compileExpression, toTyped, type CompiledExpression } from './expression.ts';
+import { letIssues } from './lets.ts';
 import { resolveFromLayer, type LoadedMapping } from './load.ts';
 import { compileNode, type CompileEnv, type Producer } from './template.ts';
 import { conceptMapTranslation, valueMapTranslation, type CodeTranslation } from './terminology.ts';
@@ -138,6 +139,7 @@ export async function compileMapping(loaded: LoadedMapping): Promise<CompiledMap
     });
   }
 
+  issues.push(...letIssues(loaded, constantValues));
   const subject = expr(['source', 'subject'], spec.source.subject);
   const compiled: CompiledMapping = {
     spec,

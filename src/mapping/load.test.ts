@@ -5,6 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { compileMapping } from './compile.ts';
 import { MappingError } from './errors.ts';
 import { loadMapping, mergeLayers } from './load.ts';
+import { readSourceRecords } from './records.ts';
 
 async function files(entries: Record<string, string>): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'mapping-'));
@@ -98,5 +99,87 @@ describe('loadMapping', () => {
 describe('mergeLayers', () => {
   it('merges objects, replaces lists and removes keys set to null', () => {
     expect(mergeLayers({ a: { b: 1, c: 2 }, l: [1, 2], d: 1 }, { a: { c: 3 }, l: [3], d: null })).toEqual({ a: { b: 1, c: 3 }, l: [3] });
+  });
+});
+
+/** Messages that once sent engineers to the wrong place: each must name what to fix, and where. */
+const contractBase = `${base}      birthDate: { $var: birthDate, required: true }
+`;
+
+const siteWith = (resources: string, source = 'files: [{ match: x.csv }]') => `extends: base.yaml
+site: site-x
+version: "1"
+source:
+  format: csv
+  ${source}
+  subject: SUBJ
+  enrolment: record
+${resources}`;
+
+const patient = `resources:
+  patient:
+    from: record
+    let:
+      gender: SEX
+      birthDate: { $date: DOB, type: date }
+`;
+
+async function failure(promise: Promise<unknown>): Promise<string> {
+  try {
+    await promise;
+  } catch (err) {
+    return (err as Error).message;
+  }
+  throw new Error('expected a failure');
+}
+
+const checkSite = async (dir: string) => compileMapping(await loadMapping(join(dir, 'site.yaml')));
+
+describe('mapping messages name what to fix', () => {
+  it('a file taken by an earlier files entry: names the entry that took it and the first-match rule', async () => {
+    const dir = await files({
+      'base.yaml': contractBase,
+      'site.yaml': siteWith(patient, "files: [{ match: '*.csv', type: record }, { match: registry_export.csv, type: record }]"),
+      'registry_export.csv': 'SUBJ,SEX,DOB\n1,M,2000-01-01\n',
+    });
+    const message = await failure(readSourceRecords(await checkSite(dir), [join(dir, 'registry_export.csv')]));
+    expect(message).toContain("no input file left for source.files[1] (match 'registry_export.csv')");
+    expect(message).toContain("registry_export.csv already feeds source.files[0] (match '*.csv')");
+    expect(message).toContain('a file feeds only the first entry it matches');
+  });
+
+  it('a base that cannot be read: names the extending file, its extends line and the path', async () => {
+    const dir = await files({ 'site.yaml': `# a site\n${siteWith(patient).replace('extends: base.yaml', 'extends: bsae.yaml')}` });
+    const message = await failure(checkSite(dir));
+    expect(message).toMatch(/site\.yaml:2: extends: cannot read the base mapping 'bsae\.yaml' this file extends \(.*bsae\.yaml: no such file\)/);
+  });
+
+  it('a key the site must add is located in the site file and names the base rule', async () => {
+    const dir = await files({ 'base.yaml': contractBase, 'site.yaml': siteWith('resources:\n  patient:\n    let:\n      gender: SEX\n      birthDate: DOB\n') });
+    const message = await failure(checkSite(dir));
+    expect(message).toMatch(/site\.yaml:\d+: resources\.patient\.from: missing required key 'from' of base rule 'patient' \(.*base\.yaml:\d+\): the site file must add it/);
+    expect(message).not.toMatch(/^[^\n]*base\.yaml:\d+: resources/m);
+  });
+
+  it('a let read before it is defined is reported at load, not left empty', async () => {
+    const lets = patient.replace('      gender: SEX\n', '      gender: "iif(%sex.exists(), SEX, {})"\n      sex: SEX\n').replace('    from: record\n', '    from: record\n    when: "%birthDate.exists()"\n');
+    const message = await failure(checkSite(await files({ 'base.yaml': contractBase, 'site.yaml': siteWith(lets) })));
+    expect(message).toMatch(/site\.yaml:\d+: resources\.patient\.let\.gender: reads 'sex', which is defined after it \(lets are computed in order: move 'sex' above 'gender'\)/);
+    expect(message).toMatch(/resources\.patient\.when: reads %birthDate, a let of this rule, but when is computed before the lets/);
+  });
+
+  it('a misspelled let name is reported with the name the template reads', async () => {
+    const message = await failure(checkSite(await files({ 'base.yaml': contractBase, 'site.yaml': siteWith(patient.replace('      gender: SEX', '      gendr: SEX')) })));
+    expect(message).toMatch(/resources\.patient\.let\.gendr: let 'gendr' is never read: did you mean 'gender'\? the template of rule 'patient' reads 'birthDate', 'gender'/);
+  });
+
+  it("a let the base's template requires and the site leaves out is named in the site file", async () => {
+    const message = await failure(checkSite(await files({ 'base.yaml': contractBase, 'site.yaml': siteWith(patient.replace(/      birthDate:.*\n/, '')) })));
+    expect(message).toMatch(/site\.yaml:\d+: resources\.patient\.let\.birthDate: rule 'patient' \(.*base\.yaml:\d+\) requires let 'birthDate' and the mapping does not define it/);
+  });
+
+  it('accepts the sample layout: correct lets load', async () => {
+    const mapping = await checkSite(await files({ 'base.yaml': contractBase, 'site.yaml': siteWith(patient) }));
+    expect(mapping.rules.map((r) => r.id)).toEqual(['patient']);
   });
 });

@@ -24,6 +24,10 @@ export interface LoadedMapping {
   readonly layers: readonly { path: string; data: Record<string, unknown> }[];
   /** Finds the file and line that define a key path (site file first, then its bases). */
   locate(path: readonly (string | number)[]): { file: string; line?: number };
+  /** The line of the site file nearest to a key path: where a key the site must add goes. */
+  locateSite(path: readonly (string | number)[]): { file: string; line?: number };
+  /** The base file and line that define a key path, or undefined when no base does. */
+  locateBase(path: readonly (string | number)[]): { file: string; line?: number } | undefined;
 }
 
 const ajv = new Ajv({ allErrors: true, strict: false });
@@ -80,6 +84,29 @@ async function readLayer(path: string): Promise<MappingLayer> {
   return { path, doc, lines, data: data as Record<string, unknown> };
 }
 
+/**
+ * The base a layer `extends`: a base that cannot be read is reported on the `extends` line that names it, since
+ * that is the line to fix (a bare "cannot read mapping file" sent people looking at the file they had passed).
+ */
+async function readBase(child: MappingLayer, path: string): Promise<MappingLayer> {
+  try {
+    return await readLayer(path);
+  } catch (err) {
+    if (!(err instanceof MappingError) || !err.issues[0]?.message.startsWith('cannot read mapping file')) throw err;
+    const code = /\((\w+)\)$/.exec(err.issues[0].message)?.[1];
+    const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'it is a directory' : code;
+    const named = String(child.data.extends);
+    throw new MappingError([
+      {
+        file: displayPath(child.path),
+        line: lineOf(child, ['extends']),
+        key: 'extends',
+        message: `cannot read the base mapping '${named}' this file extends (${displayPath(path)}: ${why}); the path is relative to ${displayPath(dirname(child.path))}`,
+      },
+    ]);
+  }
+}
+
 /** Deep merge of a site layer over its base: objects merge key by key, `null` removes, anything else replaces. */
 export function mergeLayers(base: unknown, over: unknown): unknown {
   if (over === undefined) return base;
@@ -128,8 +155,18 @@ function hasPath(data: unknown, path: readonly (string | number)[]): boolean {
   return true;
 }
 
-function schemaIssue(error: ErrorObject, loaded: Pick<LoadedMapping, 'locate'>): MappingIssue {
+function schemaIssue(error: ErrorObject, loaded: LoadedMapping): MappingIssue {
   const { path, message } = describeSchemaError(error);
+  if (error.keyword === 'required' && loaded.layers.length > 1) {
+    // A key missing from the merged mapping is one the site file must add: point there, and say which base
+    // rule (or section) asks for it, rather than at the base file that has nothing to fix.
+    const missing = (error.params as { missingProperty: string }).missingProperty;
+    const { file, line } = loaded.locateSite(path);
+    const base = path.length > 0 ? loaded.locateBase(path) : undefined;
+    const owner = path[0] === 'resources' && path.length === 2 ? `base rule '${path[1]}'` : path.length > 0 ? `'${path.join('.')}'` : 'the mapping';
+    const where = base ? ` (${base.line ? `${base.file}:${base.line}` : base.file})` : '';
+    return { file, line, key: [...path, missing].join('.'), message: `missing required key '${missing}' of ${owner}${where}: the site file must add it` };
+  }
   const { file, line } = loaded.locate(path);
   return { file, line, key: path.join('.'), message };
 }
@@ -144,7 +181,8 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
       throw new MappingError([{ file: displayPath(next), key: 'extends', message: 'circular extends chain' }]);
     }
     seen.add(next);
-    const layer = await readLayer(next);
+    const child = layers.at(-1);
+    const layer = child ? await readBase(child, next) : await readLayer(next);
     layers.push(layer);
     const parent = layer.data.extends;
     if (parent !== undefined && typeof parent !== 'string') {
@@ -169,6 +207,8 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
   for (const layer of [...layers].reverse()) merged = mergeLayers(merged, layer.data);
   const spec = merged as Record<string, unknown>;
   delete spec.extends;
+  // An editor's schema pointer, not part of the mapping.
+  delete spec.$schema;
   // Rules a site disables disappear before validation, so the base need not be complete for them.
   if (isPlainObject(spec.resources)) {
     for (const [id, rule] of Object.entries(spec.resources)) {
@@ -180,11 +220,17 @@ export async function loadMapping(file: string): Promise<LoadedMapping> {
     const layer = layers.find((l) => hasPath(l.data, path)) ?? layers[0];
     return { file: displayPath(layer.path), line: lineOf(layer, path) };
   };
+  const locateSite = (path: readonly (string | number)[]) => ({ file: displayPath(layers[0].path), line: lineOf(layers[0], path) });
   const loaded: LoadedMapping = {
     spec: spec as unknown as MappingSpec,
     path: layers[0].path,
     layers: layers.map((l) => ({ path: l.path, data: l.data })),
     locate,
+    locateSite,
+    locateBase: (path) => {
+      const layer = layers.slice(1).find((l) => hasPath(l.data, path));
+      return layer ? { file: displayPath(layer.path), line: lineOf(layer, path) } : undefined;
+    },
   };
   if (!validateSpec(spec)) {
     throw new MappingError((validateSpec.errors ?? []).map((e) => schemaIssue(e, loaded)));

@@ -93,15 +93,24 @@ export async function readSourceRecords(mapping: CompiledMapping, inputs: readon
   }
   const records: SourceRecord[] = [];
   const files: { file: string; rows: number }[] = [];
-  const used = new Set<string>();
-  for (const spec of mapping.files) {
+  // A file feeds only the first `files` entry that matches it; later entries see what is left.
+  const used = new Map<string, number>();
+  for (const [index, spec] of mapping.files.entries()) {
     const pattern = globToRegExp(spec.match);
     const matches = available.filter((p) => pattern.test(basename(p)) && !used.has(p) && basename(p) !== mapping.dictionary);
     if (matches.length === 0 && !spec.optional) {
+      const taken = available.filter((p) => pattern.test(basename(p)) && used.has(p));
+      if (taken.length > 0) {
+        const by = mapping.files[used.get(taken[0])!];
+        throw new SourceFileError(
+          spec.match,
+          `no input file left for source.files[${index}] (match '${spec.match}'): ${taken.map((p) => basename(p)).join(', ')} already feeds source.files[${used.get(taken[0])}] (match '${by.match}'), and a file feeds only the first entry it matches; make the patterns match different files`,
+        );
+      }
       throw new SourceFileError(spec.match, `no input file matches '${spec.match}' (inputs: ${available.map((p) => basename(p)).join(', ') || 'none'})`);
     }
     for (const path of matches) {
-      used.add(path);
+      used.set(path, index);
       let raws: RawRecord[];
       switch (format) {
         case 'csv':

@@ -12,6 +12,7 @@ export const mappingSchema = {
   required: ['trial', 'site', 'version', 'source', 'resources'],
   additionalProperties: false,
   properties: {
+    $schema: { type: 'string' },
     extends: { type: 'string' },
     trial: {
       type: 'object',
