@@ -87,8 +87,34 @@ describe('trialbridge CLI', () => {
     await writeFile(join(fixture, 'expected.json'), await readFile(join(FIXTURE, 'expected.json')));
     const result = await trialbridge('test-mappings', join(dir, 'site-a.yaml'));
     expect(result.code).toBe(1);
-    expect(result.stdout).toMatch(/FAIL site-a\.yaml case/);
+    expect(result.stdout).toMatch(/FAIL site-a: case/);
     expect(result.stdout).toMatch(/\$\.resources\[\d+\]\.event\.coding\[0\]\.code: expected "10012735", got "99999999"/);
+  });
+
+  it('test-mappings: fixtures under <site>/tests/ beside a mapping of any file name, reported by site and case', async () => {
+    const dir = await baseMappingDir('cli-');
+    await writeFile(join(dir, 'mapping.yaml'), await readFile('mappings/site-a.yaml'));
+    const fixture = join(dir, 'site-a', 'tests', 'bad-rows');
+    await run('mkdir', ['-p', fixture]);
+    await writeFile(join(fixture, 'export.csv'), await readFile(join(FIXTURE, 'export.csv')));
+    await writeFile(join(fixture, 'expected.json'), await readFile(join(FIXTURE, 'expected.json')));
+    const result = await trialbridge('test-mappings', join(dir, 'mapping.yaml'));
+    expect(result.code).toBe(0);
+    expect(result.stdout).toContain('ok   site-a: bad-rows');
+    expect(result.stdout).not.toContain('mapping.yaml');
+  });
+
+  it('test-mappings: a mapping without fixtures fails, naming where to put them, unless --allow-empty', async () => {
+    const dir = await baseMappingDir('cli-');
+    await writeFile(join(dir, 'site-a.yaml'), await readFile('mappings/site-a.yaml'));
+    const result = await trialbridge('test-mappings', join(dir, 'site-a.yaml'));
+    expect(result.code).toBe(1);
+    expect(result.stdout).toContain(`FAIL site-a: no fixtures for ${join(dir, 'site-a.yaml')} (looked in ${join(dir, 'site-a', 'tests')}, ${join(dir, 'tests')})`);
+    expect(result.stdout).toContain(`add ${join(dir, 'site-a', 'tests', '<case>')}/ with the input files and expected.json`);
+    expect(result.stdout).toContain('0 fixtures passed, 0 failed, 1 mapping without fixtures');
+    const allowed = await trialbridge('test-mappings', '--allow-empty', join(dir, 'site-a.yaml'));
+    expect(allowed.code).toBe(0);
+    expect(allowed.stdout).toContain('skip site-a: no fixtures');
   });
 
   it('validate: exit 0 on conforming bundles, exit 2 naming resource and location of each defect', async () => {
