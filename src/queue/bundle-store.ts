@@ -12,10 +12,10 @@
  */
 import type { Redis } from 'ioredis';
 import type { SerializedBundle } from '../delivery/serialized-bundle.ts';
-import type { QueueNames } from './names.ts';
+import { RETENTION_SECONDS, type QueueNames } from './names.ts';
 
 /** How long a bundle waits for its delivery at most (as long as the submission's counters are kept). */
-export const BUNDLE_TTL_SECONDS = 30 * 24 * 3600;
+export const BUNDLE_TTL_SECONDS = RETENTION_SECONDS;
 
 export class RedisBundles {
   readonly #redis: Redis;

@@ -5,7 +5,7 @@
  * Keys expire `ttlSeconds` after the last update (default 30 days).
  */
 import type { Redis } from 'ioredis';
-import type { QueueNames } from './names.ts';
+import { RETENTION_SECONDS, type QueueNames } from './names.ts';
 import { COUNTERS } from './stages.ts';
 
 const COUNT_ONCE_COMMAND = 'tbCountOnce';
@@ -71,7 +71,7 @@ export class RedisSubmissions {
   readonly #names: QueueNames;
   readonly #ttlSeconds: number;
 
-  constructor(redis: Redis, names: QueueNames, ttlSeconds = 30 * 24 * 3600) {
+  constructor(redis: Redis, names: QueueNames, ttlSeconds = RETENTION_SECONDS) {
     // A named script (EVALSHA, loaded once per connection) rather than sending the Lua text with every event.
     if (!(COUNT_ONCE_COMMAND in redis)) redis.defineCommand(COUNT_ONCE_COMMAND, { numberOfKeys: 2, lua: COUNT_ONCE });
     this.#redis = redis;
