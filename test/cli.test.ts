@@ -91,6 +91,18 @@ describe('trialbridge CLI', () => {
     expect(result.stdout).toMatch(/\$\.resources\[\d+\]\.event\.coding\[0\]\.code: expected "10012735", got "99999999"/);
   });
 
+  it('check-mapping: a misspelled let and a let read before it is defined fail, in the site file, naming the fix', async () => {
+    const dir = await baseMappingDir('cli-');
+    const text = (await readFile('mappings/site-a.yaml', 'utf8'))
+      .replace('      gender: { $map: sex, value: sex, as: code }', '      gendr: { $map: sex, value: sex, as: code }')
+      .replace('      birthDate: { $date: birth_date, type: date }', '      birthDate: { $date: "%born" }\n      born: birth_date');
+    await writeFile(join(dir, 'site-a.yaml'), text);
+    const result = await trialbridge('check-mapping', join(dir, 'site-a.yaml'));
+    expect(result.code).toBe(1);
+    expect(result.stderr).toMatch(/site-a\.yaml:44: resources\.patient\.let\.gendr: let 'gendr' is never read: did you mean 'gender'\?/);
+    expect(result.stderr).toMatch(/site-a\.yaml:45: resources\.patient\.let\.birthDate: reads 'born', which is defined after it \(lets are computed in order: move 'born' above 'birthDate'\)/);
+  });
+
   it('test-mappings: fixtures under <site>/tests/ beside a mapping of any file name, reported by site and case', async () => {
     const dir = await baseMappingDir('cli-');
     await writeFile(join(dir, 'mapping.yaml'), await readFile('mappings/site-a.yaml'));

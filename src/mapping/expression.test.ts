@@ -38,6 +38,9 @@ describe('compileExpression', () => {
   it('names the first field an expression reads, for error messages', () => {
     expect(compileExpression("AESTDTC.substring(0, 4)", new Map()).field).toBe('AESTDTC');
     expect(compileExpression("'x' + EXDOSE", new Map()).field).toBe('EXDOSE');
+    expect(compileExpression('@2016-05-08 + 28 days', new Map()).field).toBe('@2016-05-08 + 28 days');
+    expect(compileExpression('%start + 28 days', new Map()).field).toBe('%start + 28 days');
+    expect(compileExpression('AESTDTC.toDate() + 2 weeks', new Map()).field).toBe('AESTDTC');
   });
 });
 

@@ -309,7 +309,12 @@ const SIMPLE_FIELD = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const SIMPLE_VARIABLE = /^%[A-Za-z_][A-Za-z0-9_]*$/;
 /** First identifier the expression navigates from its input, for error messages. */
 function firstField(expression: string): string {
-  const stripped = expression.replace(/'(?:[^'\\]|\\.)*'/g, "''");
+  // Quoted strings, date literals and calendar words after a number (`28 days`) are not fields: an error in
+  // `@2016-05-08 + 28 days` once blamed a field called `days`.
+  const stripped = expression
+    .replace(/'(?:[^'\\]|\\.)*'/g, "''")
+    .replace(/@[0-9T:.+\-Z]+/g, '@')
+    .replace(/(\d)\s*(?:years?|months?|weeks?|days?|hours?|minutes?|seconds?|milliseconds?)\b/g, '$1');
   const match = /(?<![.%A-Za-z0-9_])([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()/.exec(stripped);
   return match ? match[1] : expression;
 }
