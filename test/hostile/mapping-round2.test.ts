@@ -121,7 +121,7 @@ describe('mapping regexes run on a linear-time engine', () => {
       const mapping = await siteAMapping((t) => t.replace('  recordKey: row_id', () => `  recordKey: "iif(row_id.matches('${pattern}'), row_id, row_id)"`));
       const run = await trialbridge(['check-mapping', mapping]);
       expect(run.code).toBe(1);
-      expect(run.stderr).toMatch(/site-a\.yaml:14: source\.recordKey: invalid FHIRPath/);
+      expect(run.stderr).toMatch(/site-a\.yaml:15: source\.recordKey: invalid FHIRPath/);
       expect(run.stderr).toMatch(reason);
     }
   });

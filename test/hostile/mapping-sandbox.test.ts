@@ -103,7 +103,7 @@ describe('what an expression can reach', () => {
     for (const fn of ["trace('x')", 'resolve()', 'now()', 'today()', 'timeOfDay()', 'repeat($this)', 'descendants()', 'children()', "split(',')", "encode('base64')"]) {
       const error = await compileError(await siteAWith(`item_text.${fn}`));
       expect(error.issues).toEqual([
-        expect.objectContaining({ key: 'resources.adverse-event.let.verbatim.$expr', line: 97, message: expect.stringMatching(new RegExp(`function '${fn.split('(')[0]}\\(\\)' is not allowed`)) }),
+        expect.objectContaining({ key: 'resources.adverse-event.let.verbatim.$expr', line: 98, message: expect.stringMatching(new RegExp(`function '${fn.split('(')[0]}\\(\\)' is not allowed`)) }),
       ]);
     }
   });
