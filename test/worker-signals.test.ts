@@ -53,13 +53,13 @@ afterAll(async () => {
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
-/** A proxy in front of the FHIR server that holds the `holdPost`th POST (1-based) until `release()`. */
+/** A proxy in front of the FHIR server that holds the `holdPost`th subject bundle POST (1-based) until `release()`. */
 interface Gate {
   readonly baseUrl: string;
   /** Resolves when the held POST has arrived (the delivery job sending it is active). */
   readonly held: Promise<void>;
   release(): void;
-  /** POSTs forwarded to the server. */
+  /** Subjects' bundles (POSTs holding a Patient) forwarded to the server. */
   readonly forwarded: () => number;
   close(): Promise<void>;
 }
@@ -79,7 +79,9 @@ async function startGate(upstream: EmbeddedFhirServer, holdPost: number): Promis
   const server = createServer((req, res) => {
     void (async () => {
       const payload = await body(req);
-      if (req.method === 'POST' && ++posts === holdPost) {
+      // Subjects' bundles only: the trial-wide ResearchStudy is written on its own first (shared-entries.ts).
+      const subjectPost = req.method === 'POST' && payload.includes('"resourceType":"Patient"');
+      if (subjectPost && ++posts === holdPost) {
         onHeld();
         await released;
         // The worker was killed while this was held: it never reaches the server.
@@ -91,7 +93,7 @@ async function startGate(upstream: EmbeddedFhirServer, holdPost: number): Promis
         headers: Object.fromEntries(['content-type', 'accept', 'if-none-exist'].flatMap((h) => (typeof req.headers[h] === 'string' ? [[h, req.headers[h] as string]] : []))),
         ...(payload.length > 0 ? { body: payload } : {}),
       });
-      if (req.method === 'POST') forwarded++;
+      if (subjectPost) forwarded++;
       const text = Buffer.from(await response.arrayBuffer());
       res.writeHead(response.status, { 'content-type': response.headers.get('content-type') ?? 'application/fhir+json' });
       res.end(text);
@@ -180,6 +182,8 @@ describe.skipIf(!redisUp)('trialbridge worker and signals', () => {
         `    sites: [${SITE}]`,
         '    concurrency: 1',
         '    retry: { attempts: 3, baseMs: 10, maxMs: 50 }',
+        // A killed worker's pacing lease frees its permit within 2 s, as its 1 s job lock does.
+        '    pacing: { leaseMs: 2000 }',
         '    auth: { type: none }',
       ].join('\n') + '\n',
     );

@@ -32,7 +32,7 @@ export interface PacingSettings {
   readonly leaseMs: number;
 }
 
-export const DEFAULT_PACING: PacingSettings = { decrease: 0.5, incidentMs: 10_000, recoverAfter: 10, leaseMs: 60_000 };
+export const DEFAULT_PACING: PacingSettings = { decrease: 0.5, incidentMs: 10_000, recoverAfter: 10, leaseMs: 15_000 };
 
 /** How the server answered a delivery, as far as load is concerned. */
 export type PaceSignal =

@@ -267,7 +267,8 @@ describe('workers killed and the FHIR server down, slow, back', () => {
     const releases: (() => void)[] = [];
     const hash = (b: Buffer) => createHash('sha256').update(b).digest('hex');
     const r = await rig(
-      ['    transactions: true', '    atomic: true', '    concurrency: 1', '    timeoutMs: 30000', '    retry: { attempts: 3, requestAttempts: 1, baseMs: 50, maxMs: 200 }'],
+      // A killed worker's pacing lease lasts about as long as its job lock (1 s), so the next worker is not held back by it.
+      ['    transactions: true', '    atomic: true', '    concurrency: 1', '    timeoutMs: 30000', '    retry: { attempts: 3, requestAttempts: 1, baseMs: 50, maxMs: 200 }', '    pacing: { leaseMs: 2000 }'],
       ['--lock-duration', '1000', '--stalled-interval', '500', '--max-stalled-count', '1'],
       {},
       {

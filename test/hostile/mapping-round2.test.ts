@@ -71,7 +71,10 @@ function siteALine(line: number, edit: (text: string) => string): string {
 }
 
 async function map(mapping: string, input: string): Promise<Run & { out: string }> {
-  const out = join(input, 'out');
+  // Never inside the input: a committed example folder must stay as it is (test/sample-data.test.ts).
+  const parent = await mkdtemp(join(tmpdir(), 'tb-map-out-'));
+  dirs.push(parent);
+  const out = join(parent, 'out');
   return { ...(await trialbridge(['map', '-m', mapping, input, '-o', out, '--recorded', RECORDED])), out };
 }
 
