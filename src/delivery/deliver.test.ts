@@ -6,7 +6,7 @@ import { SAMPLE_SITES } from '../cli/demo.ts';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { FhirClient, FhirHttpError } from './client.ts';
-import { deliverBundle, DeliveryRetryableError, type DeliverOptions } from './deliver.ts';
+import { deliverBundle, DeliveryRetryableError, type DeliverOptions, type PressureSignal } from './deliver.ts';
 import { serializeBundle } from './serialized-bundle.ts';
 import { referencesOf } from './split.ts';
 
@@ -101,6 +101,27 @@ describe('deliverBundle against faults', () => {
     expect(result.attempts).toBe(3);
     expect(waits[0]).toBeGreaterThanOrEqual(3000);
     expect(waits[1]).toBeGreaterThanOrEqual(8000);
+  });
+
+  it('tells each throttle and conflict it retries itself as pressure, before waiting, and nothing else', async () => {
+    const { sleep } = recorder();
+    const told: PressureSignal[] = [];
+    nock(ORIGIN)
+      .post('/fhir/R4')
+      .reply(429, outcome('slow down', 'throttled'), { 'Retry-After': '2' })
+      .post('/fhir/R4')
+      .reply(409, outcome('could not serialize access', 'conflict'))
+      .post('/fhir/R4')
+      .reply(503, outcome('maintenance', 'transient'))
+      .post('/fhir/R4')
+      .reply(200, answerTransaction);
+    const result = await deliverBundle(new FhirClient({ baseUrl: BASE }), bundle, options(sleep, { onPressure: (signal) => void told.push(signal) }));
+    // The retries succeeded: without the hook the destination's pacer would never have heard of the 429.
+    expect(result.outcome).toBe('delivered');
+    expect(told).toEqual([
+      { kind: 'throttle', status: 429, retryAfterMs: 2000 },
+      { kind: 'conflict', status: 409 },
+    ]);
   });
 
   it('gives up without sleeping when Retry-After is longer than the policy waits in process', async () => {

@@ -33,6 +33,19 @@ export interface DeliverOptions {
    * removed (resources held before the delivery stay); dependants first.
    */
   readonly rollBackCreated?: boolean;
+  /**
+   * Told of each throttle (429) or conflict (409, serialization 412) that this delivery retries itself, before
+   * it waits: the destination's pacer must back off while the delivery is still going, not only when it ends
+   * (a delivery whose retry then succeeds would otherwise never slow the destination down).
+   */
+  readonly onPressure?: (signal: PressureSignal) => void;
+}
+
+/** A throttle or conflict met inside one delivery (see DeliverOptions.onPressure). */
+export interface PressureSignal {
+  readonly kind: 'throttle' | 'conflict';
+  readonly status?: number;
+  readonly retryAfterMs?: number;
 }
 
 /** Per-entry outcomes by HTTP status class; `missing`: a request entry the answer had no entry for. */
@@ -179,6 +192,7 @@ interface Run {
   readonly policy: RetryPolicy;
   readonly sleep: (ms: number) => Promise<void>;
   readonly now: () => number;
+  readonly onPressure: ((signal: PressureSignal) => void) | undefined;
   attempts: number;
   readonly classes: Record<string, number>;
   /** Entries the server answered 201 in any attempt of this delivery: fullUrl → `Type/id`. */
@@ -187,8 +201,8 @@ interface Run {
 
 const defaultSleep = (ms: number): Promise<void> => delay(ms);
 
-function newRun(options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now'>): Run {
-  return { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, attempts: 0, classes: {}, createdNow: new Map() };
+function newRun(options: Pick<DeliverOptions, 'retry' | 'sleep' | 'now' | 'onPressure'>): Run {
+  return { policy: retryPolicy(options.retry), sleep: options.sleep ?? defaultSleep, now: options.now ?? Date.now, onPressure: options.onPressure, attempts: 0, classes: {}, createdNow: new Map() };
 }
 
 function retryKind(error: unknown): DeliveryRetryableError['kind'] {
@@ -221,6 +235,10 @@ async function withRetry<T>(run: Run, what: string, send: () => Promise<T>): Pro
       if (!run.policy.canRetry(attempt)) throw new DeliveryRetryableError(`${what}: gave up after ${attempt} attempts: ${reason}`, init);
       if (asked !== undefined && asked > run.policy.maxRetryAfterMs) {
         throw new DeliveryRetryableError(`${what}: the server asks to retry in ${Math.round(asked / 1000)} s: ${reason}`, init);
+      }
+      // Given up above, the caller reads the error itself: only a retry made here is told as pressure.
+      if (init.kind === 'throttle' || init.kind === 'conflict') {
+        run.onPressure?.({ kind: init.kind, ...(status !== undefined ? { status } : {}), ...(asked !== undefined ? { retryAfterMs: asked } : {}) });
       }
       await run.sleep(run.policy.delayFor(attempt, asked, run.now()));
     }

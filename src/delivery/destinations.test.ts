@@ -59,7 +59,7 @@ group('loadDestinations', () => {
     const [hospital, registry, sponsor] = loadDestinations(join(dir, 'destinations.yaml'), env);
 
     expect(hospital).toMatchObject({ name: 'hopital-a', kind: 'hospital', server: 'hapi', sites: ['site-a'], resourceTypes: '*', maxEntries: 100, atomic: true, pseudonymise: false });
-    expect(hospital).toMatchObject({ transactions: 'detect', atomicTransactions: true, concurrency: 2, pacing: { decrease: 0.5, incidentMs: 10_000, recoverAfter: 10, leaseMs: 60_000 } });
+    expect(hospital).toMatchObject({ transactions: 'detect', atomicTransactions: true, concurrency: 2, pacing: { decrease: 0.5, incidentMs: 10_000, recoverAfter: 10, leaseMs: 15_000 } });
     expect(hospital.auth.type).toBe('smart-backend-services');
     expect(hospital.auth.type === 'smart-backend-services' && hospital.auth.privateKey.reveal()).toBe(pem.trim());
     expect(() => createAuth(hospital.auth)).not.toThrow();

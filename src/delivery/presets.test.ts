@@ -90,7 +90,7 @@ describe('server presets', () => {
       ),
     );
     expect(d).toMatchObject({ server: 'medplum', maxEntries: 12, maxConditionalEntries: 20, concurrency: 3, atomicTransactions: true, retryAfterFrom: ['retry-after'], maxResponseBytes: 1_048_576 });
-    expect(d.pacing).toEqual({ decrease: 0.5, incidentMs: 2000, recoverAfter: 10, leaseMs: 60_000 });
+    expect(d.pacing).toEqual({ decrease: 0.5, incidentMs: 2000, recoverAfter: 10, leaseMs: 15_000 });
     // maxEntries alone does not lift Medplum's cap on conditional entries: every entry sent is conditional.
     expect(load(one('medplum', '    maxEntries: 40\n'))[0].maxEntries).toBe(8);
     const [hapi] = load(one('hapi', '    transactions: false\n    rateLimit: { max: 5, perMs: 1000 }\n'));

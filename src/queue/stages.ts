@@ -275,6 +275,8 @@ export class PipelineContext {
         maxDelayMs: Math.min(destination.retry.maxMs, destination.retry.baseMs * 4),
         maxRetryAfterMs: Math.min(destination.retry.maxMs, 10_000),
       },
+      // A 429 or conflict retried inside the delivery backs the destination off at once (for every worker).
+      onPressure: (signal) => void this.pacer(destination).report(signal).catch(() => undefined),
       ...this.config.deliverOptions,
     };
   }

@@ -75,8 +75,9 @@ describe('pacing of the BullMQ delivery workers', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('two workers share one concurrency limit, back off once for a burst of 429s, and deliver everything', async () => {
-    const front = await throttlingFront(hospital.baseUrl, 3);
+  /** Site A through two worker pipelines to the throttling front; resolves what the test reads. */
+  async function deliverThrough(throttled: number, requestAttempts: number, check: (run: { counters: Awaited<ReturnType<QueuePipeline['submission']>>; incidents: PacingIncident[]; stats: { throttled: number; maxInFlight: number }; workers: QueuePipeline[]; destinations: ReturnType<typeof loadDestinations> }) => Promise<void>): Promise<void> {
+    const front = await throttlingFront(hospital.baseUrl, throttled);
     const file = join(dir, 'destinations.yaml');
     await writeFile(
       file,
@@ -88,7 +89,7 @@ describe('pacing of the BullMQ delivery workers', () => {
         '    sites: [site-a]',
         '    server: hapi',
         '    concurrency: 2',
-        '    retry: { attempts: 8, requestAttempts: 1, baseMs: 10, maxMs: 2000 }',
+        `    retry: { attempts: 8, requestAttempts: ${requestAttempts}, baseMs: 10, maxMs: 2000 }`,
         '    circuitBreaker: { failures: 50, openMs: 1000 }',
         '    auth: { type: none }',
       ].join('\n') + '\n',
@@ -105,6 +106,18 @@ describe('pacing of the BullMQ delivery workers', () => {
       const submitted = await workers[0].submitExport('site-a', ['examples/site-a'], { recorded: '2019-01-01T00:00:00Z' });
       await workers[0].waitForSubmission(submitted);
       const counters = await workers[0].submission(submitted.submissionId);
+      await check({ counters, incidents, stats: front.stats, workers, destinations });
+    } finally {
+      for (const w of workers) await w.closeWorkers();
+      await workers[0].obliterate();
+      for (const w of workers) await w.close();
+      await front.close();
+    }
+  }
+
+  it('two workers share one concurrency limit, back off once for a burst of 429s, and deliver everything', async () => {
+    await deliverThrough(3, 1, async ({ counters, incidents, stats, workers, destinations }) => {
+      const front = { stats };
       expect(counters.destinations.hospital).toMatchObject({ delivered: counters.mapped, deadLettered: 0 });
       expect(counters.mapped).toBeGreaterThan(10);
 
@@ -119,11 +132,17 @@ describe('pacing of the BullMQ delivery workers', () => {
       expect(await registry.metrics()).toContain('trialbridge_destination_backoff_incidents_total{destination="hospital"} 1');
       // Every lease was given back.
       expect(await workers[1].context.pacer(destinations[0]).state()).toMatchObject({ inFlight: 0, incidents: 1 });
-    } finally {
-      for (const w of workers) await w.closeWorkers();
-      await workers[0].obliterate();
-      for (const w of workers) await w.close();
-      await front.close();
-    }
+    });
+  });
+
+  it('a 429 that a delivery retries itself, and then gets through, still backs the destination off', async () => {
+    await deliverThrough(1, 3, async ({ counters, incidents, stats, workers, destinations }) => {
+      expect(counters.destinations.hospital).toMatchObject({ delivered: counters.mapped, deadLettered: 0 });
+      expect(stats.throttled).toBe(1);
+      // No job failed (the delivery's own retry went through), yet the pacer heard of the 429 while it ran.
+      expect(incidents).toHaveLength(1);
+      expect(incidents[0]).toMatchObject({ destination: 'hospital', kind: 'throttle', status: 429, previousLimit: 2, limit: 1, retryAfterMs: 1000 });
+      expect(await workers[0].context.pacer(destinations[0]).state()).toMatchObject({ inFlight: 0, incidents: 1 });
+    });
   });
 });
