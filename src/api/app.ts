@@ -606,7 +606,7 @@ function rejectView(l: DeadLetter) {
   return {
     id: l.id,
     stage: l.stage,
-    ...(l.location ? { file: l.location.file, row: l.location.row, recordKey: l.location.key, field: l.location.field } : {}),
+    ...(l.location ? { file: l.location.file, row: l.location.row, recordKey: l.location.key, field: l.location.field, ...(l.location.rule ? { rule: l.location.rule } : {}) } : {}),
     code: shown.code,
     reason: shown.reason,
     replayable: l.replayable,

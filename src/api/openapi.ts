@@ -177,6 +177,7 @@ export function openApiDocument(): Record<string, unknown> {
             row: { type: 'integer' },
             recordKey: { type: 'string' },
             field: { type: 'string' },
+            rule: { type: 'string', description: 'The mapping rule whose resource the record fed' },
             code: ref('ReasonCode'),
             reason: { type: 'string', description: 'Why, with quoted values and dates masked' },
             replayable: { type: 'boolean' },
@@ -214,7 +215,7 @@ export function openApiDocument(): Record<string, unknown> {
           properties: {
             id: { type: 'string' },
             stage: { enum: ['read', 'map', 'deliver'] },
-            location: { type: 'object', properties: { file: { type: 'string' }, row: { type: 'integer' }, key: { type: 'string' }, field: { type: 'string' } } },
+            location: { type: 'object', properties: { file: { type: 'string' }, row: { type: 'integer' }, key: { type: 'string' }, field: { type: 'string' }, rule: { type: 'string' } } },
             destination: { type: 'string' },
             status: { type: 'integer' },
             code: ref('ReasonCode'),

@@ -40,7 +40,7 @@ async function resolveId(dl: RedisDeadLetters, handleOrId: string): Promise<stri
 
 /** Where a dead letter is: file, row and field of a record, or its destination. */
 function whereOf(d: DeadLetter): string {
-  if (d.location) return `${d.location.file}#${d.location.row} field ${d.location.field}`;
+  if (d.location) return `${d.location.file}#${d.location.row} field ${d.location.field}${d.location.rule ? ` rule ${d.location.rule}` : ''}`;
   return d.destination ? `destination ${d.destination}` : '';
 }
 
@@ -62,7 +62,7 @@ export function formatDeadLetterDetail(d: DeadLetter): string {
     `submission  ${d.submissionId}`,
     `stage       ${d.stage}`,
     `site        ${d.site}`,
-    ...(d.location ? [`record      ${d.location.file} row ${d.location.row}, field ${d.location.field}`] : []),
+    ...(d.location ? [`record      ${d.location.file} row ${d.location.row}, field ${d.location.field}${d.location.rule ? `, rule ${d.location.rule}` : ''}`] : []),
     ...(d.destination ? [`destination ${d.destination}`] : []),
     ...(d.status !== undefined ? [`status      ${d.status}`] : []),
     `replayable  ${d.replayable ? 'yes' : 'no'}`,

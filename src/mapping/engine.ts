@@ -43,8 +43,8 @@ interface Instance {
   failed: boolean;
 }
 
-function problemFor(record: SourceRecord, field: string, reason: string, value?: string): RecordProblem {
-  return { file: record.file, row: record.row, key: record.key, subject: record.subject || undefined, field, reason, ...(value !== undefined ? { value } : {}) };
+function problemFor(record: SourceRecord, field: string, reason: string, value?: string, rule?: string): RecordProblem {
+  return { file: record.file, row: record.row, key: record.key, subject: record.subject || undefined, field, ...(rule ? { rule } : {}), reason, ...(value !== undefined ? { value } : {}) };
 }
 
 function text(value: unknown): string | undefined {
@@ -66,9 +66,9 @@ class SubjectMapper {
     this.check = check;
   }
 
-  private reject(record: SourceRecord, field: string, reason: string, value?: string, issues?: OperationOutcomeIssue[]): void {
+  private reject(rule: string, record: SourceRecord, field: string, reason: string, value?: string, issues?: OperationOutcomeIssue[]): void {
     if (this.rejected.has(record)) return;
-    const problem = problemFor(record, field, reason, value);
+    const problem = problemFor(record, field, reason, value, rule);
     this.rejected.set(record, issues?.length ? { ...problem, outcome: { resourceType: 'OperationOutcome', issue: issues } } : problem);
   }
 
@@ -92,7 +92,7 @@ class SubjectMapper {
           if (members) members.push(record);
           else groups.set(groupKey, [record]);
         } catch (err) {
-          this.fail(record, err);
+          this.fail(rule.id, record, err);
         }
       }
       for (const [groupKey, members] of groups) {
@@ -104,21 +104,21 @@ class SubjectMapper {
             key = value;
           }
         } catch (err) {
-          for (const m of members) this.fail(m, err);
+          for (const m of members) this.fail(rule.id, m, err);
           continue;
         }
         const list = this.byRule.get(rule.id) ?? [];
         const clash = list.find((i) => i.key === key);
         if (clash) {
           // One business identifier, two source records: a silent overwrite would lose one of them.
-          for (const m of members) this.reject(m, rule.key?.field ?? 'key', `another record (${clash.records[0].file} row ${clash.records[0].row}) already makes this ${rule.id}`, key);
+          for (const m of members) this.reject(rule.id, m, rule.key?.field ?? 'key', `another record (${clash.records[0].file} row ${clash.records[0].row}) already makes this ${rule.id}`, key);
           continue;
         }
         try {
           // A key no server can be searched for exactly (control characters, '|') would match another resource.
           checkBusinessKey(rule.type, rule.identifierSystem, key);
         } catch (err) {
-          for (const m of members) this.reject(m, rule.key?.field ?? 'key', (err as Error).message, key);
+          for (const m of members) this.reject(rule.id, m, rule.key?.field ?? 'key', (err as Error).message, key);
           continue;
         }
         const identifier = { system: rule.identifierSystem, value: key };
@@ -130,9 +130,9 @@ class SubjectMapper {
     }
   }
 
-  private fail(record: SourceRecord, err: unknown): void {
-    if (err instanceof FieldError) this.reject(record, err.field, err.message, err.value);
-    else this.reject(record, '(expression)', (err as Error).message);
+  private fail(rule: string, record: SourceRecord, err: unknown): void {
+    if (err instanceof FieldError) this.reject(rule, record, err.field, err.message, err.value);
+    else this.reject(rule, record, '(expression)', (err as Error).message);
   }
 
   private resolve(from: Instance, rule: string, key: string | undefined): { fullUrl: string } | { rejected: string } | undefined {
@@ -160,11 +160,11 @@ class SubjectMapper {
       if (findings.length > 0) {
         instance.failed = true;
         const issues = findings.flatMap((f) => (f.issue ? [f.issue] : []));
-        for (const record of instance.records) this.reject(record, findings[0].field, `${instance.rule.type} fails validation: ${findings.map((f) => f.reason).join('; ')}`, undefined, issues);
+        for (const record of instance.records) this.reject(instance.rule.id, record, findings[0].field, `${instance.rule.type} fails validation: ${findings.map((f) => f.reason).join('; ')}`, undefined, issues);
       }
     } catch (err) {
       instance.failed = true;
-      for (const record of instance.records) this.fail(record, err);
+      for (const record of instance.records) this.fail(instance.rule.id, record, err);
     }
   }
 
@@ -208,7 +208,7 @@ class SubjectMapper {
           changed = true;
           const target = this.instances.find((i) => dropped.has(i.fullUrl) && instance.refs?.has(i.fullUrl));
           for (const record of instance.records) {
-            this.reject(record, '(reference)', `depends on ${target ? `the ${target.rule.id} resource` : 'a resource'}, which was rejected`);
+            this.reject(instance.rule.id, record, '(reference)', `depends on ${target ? `the ${target.rule.id} resource` : 'a resource'}, which was rejected`);
           }
         }
       }

@@ -68,7 +68,7 @@ export interface DeadLetter {
   readonly site: string;
   readonly subject?: string;
   /** Mapping rejects: the record. */
-  readonly location?: { readonly file: string; readonly row: number; readonly key: string; readonly field: string };
+  readonly location?: { readonly file: string; readonly row: number; readonly key: string; readonly field: string; readonly rule?: string };
   /** Delivery failures: the destination. */
   readonly destination?: string;
   readonly reason: string;
@@ -332,7 +332,7 @@ export function recordDeadLetter(submissionId: string, site: string, jobId: stri
     stage,
     site,
     ...(p.subject ? { subject: p.subject } : {}),
-    location: { file: p.file, row: p.row, key: p.key, field: p.field },
+    location: { file: p.file, row: p.row, key: p.key, field: p.field, ...(p.rule ? { rule: p.rule } : {}) },
     reason: p.reason,
     ...(p.outcome ? { outcome: p.outcome } : {}),
     replayable,

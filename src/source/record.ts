@@ -32,6 +32,8 @@ export interface RecordLocation {
 /** A problem with one record: it is rejected (and kept in the rejects), the others go on. */
 export interface RecordProblem extends RecordLocation {
   readonly field: string;
+  /** The mapping rule whose resource the record fed (absent for problems found before any rule ran). */
+  readonly rule?: string;
   readonly value?: string;
   readonly reason: string;
   readonly subject?: string;

@@ -112,9 +112,11 @@ describe('reasons without values', () => {
     };
     const status = await get(`/v1/submissions/${id}`);
     const listed = await get(`/v1/dead-letters?submission=${id}`);
-    const letters = (JSON.parse(listed) as { deadLetters: { id: string; stage: string; code: string; reason: string; location?: { file: string; row: number; field: string } }[] }).deadLetters;
+    const letters = (JSON.parse(listed) as { deadLetters: { id: string; stage: string; code: string; reason: string; location?: { file: string; row: number; field: string; rule?: string } }[] }).deadLetters;
     const unit = letters.find((l) => l.location?.row === 5 && l.stage === 'map');
-    expect(unit, 'the dose-unit reject of row 5').toMatchObject({ code: 'record_rejected', location: { file: 'export.csv', row: 5 } });
+    // Where and why: file, row, field and the mapping rule whose resource the value fed.
+    expect(unit, 'the dose-unit reject of row 5').toMatchObject({ code: 'record_rejected', location: { file: 'export.csv', row: 5, field: '%doseUnit', rule: 'radiotherapy' } });
+    expect((JSON.parse(status) as { rejects: { row: number; field: string; rule?: string }[] }).rejects).toContainEqual(expect.objectContaining({ row: 5, field: '%doseUnit', rule: 'radiotherapy' }));
     const rejected = letters.filter((l) => l.stage === 'deliver');
     expect(rejected.length).toBeGreaterThan(0);
     for (const l of rejected) expect(l).toMatchObject({ code: 'delivery_rejected', reason: expect.stringMatching(/the destination rejected the bundle \(HTTP 422\)/) });
@@ -125,7 +127,7 @@ describe('reasons without values', () => {
     const handle = list.stdout.split('\n').find((l) => l.includes('  deliver  '))!.split(' ')[0];
     const show = await cli('show', handle);
     for (const out of [list.stdout, list.stderr, show.stdout, show.stderr]) for (const secret of SECRETS) expect(out).not.toContain(secret);
-    expect(list.stdout).toMatch(/export\.csv#5 field \S+ .*record_rejected/);
+    expect(list.stdout).toMatch(/export\.csv#5 field %doseUnit rule radiotherapy .*record_rejected/);
     // The server's issue code is printed, its escape shown as text.
     expect(show.stdout).toContain('issue       error invalid\\x1b[31m');
 
