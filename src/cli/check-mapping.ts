@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
-import { terminalSafe, terminalSafeLines } from './terminal.ts';
+import { terminalSafe, terminalSafeLines } from '../terminal.ts';
 
 export function registerCheckMapping(program: Command): void {
   program

@@ -20,7 +20,7 @@ import { publicDeadLetter, RedisDeadLetters } from '../queue/dead-letters.ts';
 import { DEFAULT_PREFIX, queueNames } from '../queue/names.ts';
 import type { DeadLetter } from '../queue/stages.ts';
 import { RedisSubmissions } from '../queue/submissions.ts';
-import { terminalSafe } from './terminal.ts';
+import { terminalSafe } from '../terminal.ts';
 import { pipelineFromCli, redisConnection } from './worker.ts';
 
 interface Common {

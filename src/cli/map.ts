@@ -6,7 +6,7 @@ import { loadMapping } from '../mapping/load.ts';
 import { SourceFileError } from '../source/raw.ts';
 import { defaultRecorded, formatSummary, writeMappedExport } from './output.ts';
 import { progress } from './progress.ts';
-import { terminalSafeLines } from './terminal.ts';
+import { terminalSafeLines } from '../terminal.ts';
 
 interface MapOptions {
   mapping: string;

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import type { MappedExport } from '../bundle/map-export.ts';
 import { expandInputs } from '../mapping/records.ts';
 import { describeProblem, type RecordProblem } from '../source/record.ts';
-import { terminalSafe } from './terminal.ts';
+import { terminalSafe } from '../terminal.ts';
 
 /**
  * Provenance.recorded when the caller gives none: the newest modification time of the inputs. The same export

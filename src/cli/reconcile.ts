@@ -19,7 +19,7 @@ import { VerificationSearchError } from '../delivery/verify.ts';
 import { RedisDelivered, type SubjectDelivery } from '../queue/delivered.ts';
 import { DEFAULT_PREFIX, queueNames } from '../queue/names.ts';
 import { repairSubjects } from '../queue/repair.ts';
-import { terminalSafe } from './terminal.ts';
+import { terminalSafe } from '../terminal.ts';
 import { pipelineFromCli, redisConnection } from './worker.ts';
 
 interface ReconcileOptions {

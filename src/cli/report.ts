@@ -13,7 +13,7 @@ import { destinationClient } from '../delivery/destination-client.ts';
 import { StudySourceError } from '../report/fhir-source.ts';
 import { runStudyReport } from '../report/run.ts';
 import { ResponseTooLargeError } from '../delivery/http-transport.ts';
-import { terminalSafe, terminalSafeLines } from './terminal.ts';
+import { terminalSafe, terminalSafeLines } from '../terminal.ts';
 
 export interface ReportCommandOptions {
   study: string;

@@ -6,7 +6,7 @@ import { mapExport } from '../bundle/map-export.ts';
 import { compileMapping } from '../mapping/compile.ts';
 import { loadMapping } from '../mapping/load.ts';
 import { describeProblem } from '../source/record.ts';
-import { terminalSafe } from './terminal.ts';
+import { terminalSafe } from '../terminal.ts';
 
 /** Provenance.recorded used by every fixture, so expected files do not depend on file times. */
 export const FIXTURE_RECORDED = '2020-01-01T00:00:00Z';

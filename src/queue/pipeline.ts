@@ -47,6 +47,7 @@ import type { Destination } from '../delivery/destinations.ts';
 import { fromStoredBundle, type SerializedEntry, type StoredBundle } from '../delivery/serialized-bundle.ts';
 import { RedisSharedEntryStore } from '../delivery/shared-entries.ts';
 import { RedisPacer } from '../delivery/pacing.ts';
+import { terminalSafe } from '../terminal.ts';
 import { RedisBundles } from './bundle-store.ts';
 import { RedisDeadLetters, type ReplayResult } from './dead-letters.ts';
 import { queueNames, DEFAULT_PREFIX, type QueueNames } from './names.ts';
@@ -315,7 +316,7 @@ export class QueuePipeline {
    */
   #connectionError(error: unknown, own = false): void {
     if (!isConnectionError(error)) {
-      console.error(`redis: ${errorText(error)}`);
+      console.error(`redis: ${terminalSafe(errorText(error))}`);
       return;
     }
     if (this.#closing || this.#downSince !== undefined || (!own && this.redis.status === 'ready')) return;
@@ -325,7 +326,7 @@ export class QueuePipeline {
 
   #report(event: RedisConnectionEvent): void {
     if (this.#options.onRedisEvent) this.#options.onRedisEvent(event);
-    else console.error(event.event === 'redis-down' ? `redis: connection lost (${event.error}); reconnecting` : `redis: reconnected after ${event.downMs} ms`);
+    else console.error(event.event === 'redis-down' ? `redis: connection lost (${terminalSafe(event.error)}); reconnecting` : `redis: reconnected after ${event.downMs} ms`);
   }
 
   /** waitUntilFinished adds a 'closing' listener on the queue per job waited for: many at once are expected. */
@@ -491,7 +492,7 @@ export class QueuePipeline {
     for (const worker of this.#workers) {
       // Without a listener an 'error' event would crash the process; failures are in the job's state anyway.
       // Connection errors repeat at every reconnection attempt: reported once per outage.
-      worker.on('error', (error) => (isConnectionError(error) ? this.#connectionError(error) : console.error(`queue worker ${worker.name}: ${withoutJobIds(error.message)}`)));
+      worker.on('error', (error) => (isConnectionError(error) ? this.#connectionError(error) : console.error(`queue worker ${worker.name}: ${terminalSafe(withoutJobIds(error.message))}`)));
     }
     return [...this.#workers];
   }
