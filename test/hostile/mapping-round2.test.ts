@@ -4,7 +4,6 @@
  * bounded before parsing, reasons without values, library output held back, identifiers kept as written,
  * `extends` confined, field access limited to a record's own fields, control characters shown escaped.
  */
-import { execFile } from 'node:child_process';
 import { copyFile, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +11,7 @@ import type { AdverseEvent, Bundle } from '@medplum/fhirtypes';
 import { afterAll, describe, expect, it } from 'vitest';
 import { compileExpression, EvalContext } from '../../src/mapping/expression.ts';
 import type { SourceRecord } from '../../src/source/record.ts';
+import { CLI_TEST_MS, runCli, type CliRun as Run } from '../support/cli-run.ts';
 import { baseMappingDir } from '../support/mapping-dir.ts';
 import { SITE_A_TEXT, SITE_B_TEXT } from './inputs.ts';
 
@@ -23,25 +23,8 @@ afterAll(async () => {
   for (const dir of dirs) await rm(dir, { recursive: true, force: true });
 });
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/**
- * Runs the CLI as a user would. The kill only ends a frozen child (on a backtracking engine the ReDoS run below
- * takes hours); the test then fails on its exit code, not on a time. Both bounds are generous: a CLI run takes
- * seconds, and on a loaded machine many times that.
- */
-const CHILD_KILL_MS = 120_000;
-const CLI_TEST_MS = 300_000;
 function trialbridge(args: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['src/cli/main.ts', ...args], { env, timeout: CHILD_KILL_MS, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
-    });
-  });
+  return runCli(args, { env });
 }
 
 /** A directory with the base mapping and a site A mapping edited by `edit`; returns the mapping's path. */

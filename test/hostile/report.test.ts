@@ -4,7 +4,6 @@
  * are too large or drip in; and a study whose subjects have no follow-up dates, which still gets its report.
  * Every failure ends in one `report:` line with the reason, never a stack trace.
  */
-import { execFile } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -13,6 +12,7 @@ import { join } from 'node:path';
 import type { AdverseEvent, Bundle, Patient, ResearchStudy, ResearchSubject, Resource } from '@medplum/fhirtypes';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FhirClient } from '../../src/delivery/client.ts';
+import { CLI_TEST_MS, runCli, type CliRun as Run } from '../support/cli-run.ts';
 import { startEmbeddedFhirServer, type EmbeddedFhirServer } from '../../src/delivery/embedded-server.ts';
 
 const STUDY = 'HOSTILE-REPORT-1';
@@ -20,25 +20,8 @@ const ESC = '\u001b';
 /** OSC window title, clear screen, red: what a hostile server puts in its text. */
 const ANSI = `${ESC}]0;owned${ESC}\\${ESC}[2J${ESC}[31m`;
 
-interface Run {
-  readonly code: number | null;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/**
- * Runs the CLI without blocking this process (the servers answering it live here). The kill only ends a child
- * that loops forever; the test then fails on its exit code and output, not on a time. Both bounds are generous:
- * a run takes seconds, and on a loaded machine many times that.
- */
-const CHILD_KILL_MS = 120_000;
-const CLI_TEST_MS = 300_000;
 function report(base: string, out: string, ...extra: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    execFile(process.execPath, ['src/cli/main.ts', 'report', '--fhir', base, '--study', STUDY, '--out', out, ...extra], { timeout: CHILD_KILL_MS, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? null) : 0, stdout, stderr });
-    });
-  });
+  return runCli(['report', '--fhir', base, '--study', STUDY, '--out', out, ...extra], { maxBuffer: 16 * 1024 * 1024 });
 }
 
 const study: ResearchStudy = { resourceType: 'ResearchStudy', id: 's1', status: 'active', identifier: [{ system: 'urn:trial:hostile:research-study', value: STUDY }] };
