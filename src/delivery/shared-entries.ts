@@ -69,13 +69,28 @@ const RELEASE_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return red
 /** Extends the key's expiry only while it holds the caller's claim. */
 const EXTEND_SCRIPT = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end";
 
+/** The client with the claim scripts defined as commands (sent by SHA once loaded, as pacing.ts does). */
+type SharedEntryRedis = Redis & {
+  tbSharedRelease(key: string, value: string): Promise<number>;
+  tbSharedExtend(key: string, value: string, ttlMs: number): Promise<number>;
+};
+
+function withScripts(redis: Redis): SharedEntryRedis {
+  const r = redis as SharedEntryRedis;
+  if (typeof r.tbSharedRelease !== 'function') {
+    redis.defineCommand('tbSharedRelease', { numberOfKeys: 1, lua: RELEASE_SCRIPT });
+    redis.defineCommand('tbSharedExtend', { numberOfKeys: 1, lua: EXTEND_SCRIPT });
+  }
+  return r;
+}
+
 /** Shared by every worker of a queue prefix. */
 export class RedisSharedEntryStore implements SharedEntryStore {
-  readonly #redis: Redis;
+  readonly #redis: SharedEntryRedis;
   readonly #prefix: string;
 
   constructor(redis: Redis, prefix: string) {
-    this.#redis = redis;
+    this.#redis = withScripts(redis);
     this.#prefix = prefix;
   }
 
@@ -92,11 +107,11 @@ export class RedisSharedEntryStore implements SharedEntryStore {
   }
 
   async release(key: string, value: string): Promise<void> {
-    await this.#redis.eval(RELEASE_SCRIPT, 1, this.#prefix + key, value);
+    await this.#redis.tbSharedRelease(this.#prefix + key, value);
   }
 
   async extend(key: string, value: string, ttlMs: number): Promise<void> {
-    await this.#redis.eval(EXTEND_SCRIPT, 1, this.#prefix + key, value, String(ttlMs));
+    await this.#redis.tbSharedExtend(this.#prefix + key, value, ttlMs);
   }
 }
 
