@@ -61,6 +61,20 @@ describe('trial-wide entries written once per destination', () => {
     expect(text).toContain('"reference":"ResearchStudy/abc"');
   });
 
+  it('in Redis, a claim is released and extended only by its holder', async () => {
+    const store = new RedisSharedEntryStore(redis, prefix);
+    expect(await store.claim('claim-test', 'mine', 60_000)).toBe(true);
+    expect(await store.claim('claim-test', 'theirs', 60_000)).toBe(false);
+    await store.extend('claim-test', 'theirs', 600_000);
+    expect(await redis.pttl(`${prefix}claim-test`)).toBeLessThanOrEqual(60_000);
+    await store.extend('claim-test', 'mine', 600_000);
+    expect(await redis.pttl(`${prefix}claim-test`)).toBeGreaterThan(60_000);
+    await store.release('claim-test', 'theirs');
+    expect(await store.get('claim-test')).toBe('mine');
+    await store.release('claim-test', 'mine');
+    expect(await store.get('claim-test')).toBeUndefined();
+  });
+
   it('two workers sharing Redis, eighteen subjects of three sites at once: the ResearchStudy is written once, every subject refers to it', async () => {
     server = await startEmbeddedFhirServer();
     const client = new FhirClient({ baseUrl: server.baseUrl });
